@@ -1,0 +1,5 @@
+"""``python -m vggviz``."""
+
+from vggviz.cli import main
+
+main()

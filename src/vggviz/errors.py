@@ -1,0 +1,30 @@
+"""vggviz's own exceptions: each message is one line meant for the user."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class VggvizError(Exception):
+    """Base class; the CLI prints ``str(err)`` and exits 1."""
+
+
+class UsageError(VggvizError):
+    """An option value that cannot work (the CLI exits 2)."""
+
+
+class WeightsError(VggvizError):
+    """Weights that cannot be found, downloaded or loaded into the chosen architecture."""
+
+
+class DeviceError(VggvizError):
+    """A device that was asked for but is not available."""
+
+
+class InputError(VggvizError):
+    """One input image that cannot be used; the batch goes on without it."""
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
