@@ -1,0 +1,86 @@
+"""Getting feature maps out of the model: the real forward pass (network mode) or the
+tutorial's conv-only chain (chain mode)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
+
+import torch
+from torch import nn
+
+from vggviz.layers import ConvLayer
+
+MODES = ("network", "chain")
+
+
+class _Done(Exception):
+    """Raised by the last hook: nothing after the last conv is needed, so stop the forward."""
+
+
+@contextmanager
+def capture(
+    model: nn.Module, layers: Sequence[ConvLayer], stage: str
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Forward hooks that store each layer's map at ``stage`` in the yielded dict (by alias).
+
+    Captured tensors are cloned, because VGG's ReLU works in place and would overwrite a conv
+    output captured before it. The hooks are removed however the block ends.
+    """
+    modules = dict(model.named_modules())
+    maps: dict[str, torch.Tensor] = {}
+    handles = []
+    last = layers[-1].alias if layers else None
+
+    def hook_for(alias: str):
+        def hook(_module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
+            maps[alias] = output.detach().clone()
+            if alias == last:
+                raise _Done
+
+        return hook
+
+    try:
+        for layer in layers:
+            target = modules[layer.stage_module(stage)]
+            handles.append(target.register_forward_hook(hook_for(layer.alias)))
+        yield maps
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def network_maps(
+    model: nn.Module, layers: Sequence[ConvLayer], x: torch.Tensor, stage: str = "relu"
+) -> dict[str, torch.Tensor]:
+    """The network's real activations for batch ``x``: eval mode, inference mode, and the
+    forward stopped right after the last requested layer (the classifier never runs)."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode(), capture(model, layers, stage) as maps, suppress(_Done):
+            model(x)
+    finally:
+        model.train(was_training)
+    return maps
+
+
+def chain_maps(
+    all_layers: Sequence[ConvLayer], x: torch.Tensor, wanted: Sequence[ConvLayer] | None = None
+) -> Iterator[tuple[ConvLayer, torch.Tensor]]:
+    """The tutorial's computation: ``x`` through the conv modules only, one after the other
+    (no BatchNorm, ReLU or pooling), every map at full input resolution.
+
+    ``all_layers`` is the model's full conv list (every conv feeds the next); only the
+    ``wanted`` ones are yielded, one at a time, so that a caller can draw each and let it go:
+    holding all 13 full-resolution maps is what makes the tutorial need gigabytes.
+    """
+    indices = {layer.index for layer in (all_layers if wanted is None else wanted)}
+    last = max(indices, default=0)
+    with torch.inference_mode():
+        for layer in all_layers:
+            if layer.index > last:
+                break
+            x = layer.module(x)
+            if layer.index in indices:
+                yield layer, x

@@ -1,0 +1,296 @@
+"""Building a torchvision VGG and putting weights into it: ImageNet, a file, or seeded random.
+
+Only the modules the feature maps need (every conv, its BatchNorm and ReLU, the pools between
+them) get real tensors on the chosen device; the classifier is left on the meta device, which
+costs no memory. Files are memory-mapped, so a 528 MB checkpoint is read only where needed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import socket
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+
+from vggviz.errors import DeviceError, UsageError, WeightsError
+from vggviz.layers import ConvLayer, find_conv_layers
+
+ARCHS = ("vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn")
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
+DOWNLOAD_TIMEOUT_S = 30  # an offline compute node should fail fast, not hang
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module
+    arch: str
+    weights: str  # what the weights are, for titles and records
+    random: bool
+    device: torch.device
+    dtype: torch.dtype
+    layers: list[ConvLayer]
+
+
+def resolve_device(spec: str) -> torch.device:
+    """``auto`` is CUDA when available; asking for CUDA where there is none is an error."""
+    spec = spec.strip().lower()
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec == "cpu":
+        return torch.device("cpu")
+    if spec == "cuda" or spec.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise DeviceError(f"--device {spec}: CUDA is not available here; use --device cpu")
+        device = torch.device(spec)
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise DeviceError(
+                f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) "
+                f"(cuda:0..cuda:{torch.cuda.device_count() - 1})"
+            )
+        return device
+    raise UsageError(f"--device {spec!r}: expected auto, cpu, cuda or cuda:N")
+
+
+def check_arch(arch: str) -> str:
+    if arch not in ARCHS:
+        raise UsageError(f"unknown --arch {arch!r}: expected one of {', '.join(ARCHS)}")
+    return arch
+
+
+def build(arch: str, device: str | torch.device = "meta") -> nn.Module:
+    """The torchvision architecture; on the meta device (the default) it costs no time or memory."""
+    with torch.device(device):
+        return torchvision.models.get_model(check_arch(arch), weights=None)
+
+
+# --- ImageNet weights through torchvision's weights API and torch.hub's cache -----------------
+
+
+def imagenet_weights(arch: str) -> torchvision.models.WeightsEnum:
+    return torchvision.models.get_model_weights(check_arch(arch)).IMAGENET1K_V1
+
+
+def imagenet_cache_path(arch: str) -> Path:
+    """Where torchvision keeps (and looks for) the ImageNet checkpoint; honours TORCH_HOME."""
+    name = os.path.basename(imagenet_weights(arch).url)
+    return Path(torch.hub.get_dir()) / "checkpoints" / name
+
+
+def download_imagenet(arch: str, progress: bool = True) -> Path:
+    """Fetch the ImageNet checkpoint into the cache (torchvision progress bar, hash check)."""
+    path = imagenet_cache_path(arch)
+    if path.is_file():
+        return path
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
+    try:
+        torch.hub.load_state_dict_from_url(
+            imagenet_weights(arch).url, progress=progress, check_hash=True, map_location="meta"
+        )
+    except Exception as err:  # network, HTTP, hash and disk errors all end the same way
+        raise WeightsError(
+            f"ImageNet weights for {arch} are not cached at {path} and could not be downloaded "
+            f"({_reason(err)}); copy the file there (vggviz weights import FILE), "
+            f"or use --weights PATH or --weights random"
+        ) from err
+    finally:
+        socket.setdefaulttimeout(previous)
+    return path
+
+
+def import_weights(file: str | Path) -> tuple[str, Path]:
+    """Check a copied checkpoint against torchvision's hash (the 8 hex digits in its file name)
+    and put it in the cache. Returns the architecture it belongs to and the cache path."""
+    file = Path(file)
+    if not file.is_file():
+        raise WeightsError(f"{file}: no such file")
+    digest = _sha256(file)
+    for arch in ARCHS:
+        target = imagenet_cache_path(arch)
+        expected = target.stem.rsplit("-", 1)[-1]
+        if digest.startswith(expected):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            _atomic_copy(file, target)
+            return arch, target
+    raise WeightsError(
+        f"{file}: sha256 {digest[:8]}... matches none of torchvision's VGG ImageNet checkpoints "
+        f"(e.g. {imagenet_cache_path('vgg16_bn').name}); is it complete?"
+    )
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _atomic_copy(src: Path, dst: Path) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".part", dir=dst.parent)
+    os.close(fd)
+    try:
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _reason(err: BaseException) -> str:
+    text = str(getattr(err, "reason", "") or err).strip().splitlines()
+    return text[0] if text else type(err).__name__
+
+
+# --- State dict files ----------------------------------------------------------------------
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors of a .pth/.pt state dict, memory-mapped when the file allows it.
+
+    ``weights_only=True``: a checkpoint can never run code. A ``{"state_dict": ...}`` wrapper
+    is unwrapped; legacy (pre-zip) files, which cannot be mapped, are read whole.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{path}: no such weights file")
+    try:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as err:
+            if "zipfile" not in str(err) and "mmap" not in str(err):
+                raise
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise WeightsError(f"{path}: not a loadable state dict ({_reason(err)})") from err
+    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
+        obj = obj["state_dict"]
+    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise WeightsError(f"{path}: not a state dict (expected a mapping of names to tensors)")
+    return dict(obj)
+
+
+def _guess_arch(state: Mapping[str, torch.Tensor]) -> str | None:
+    convs = [k for k, v in state.items() if k.endswith(".weight") and v.dim() == 4]
+    has_bn = any(k.endswith("running_mean") for k in state)
+    counts = {8: "vgg11", 10: "vgg13", 13: "vgg16", 16: "vgg19"}
+    base = counts.get(len(convs))
+    return f"{base}_bn" if base and has_bn else base
+
+
+def _needed_modules(model: nn.Module, layers: list[ConvLayer]) -> list[tuple[str, nn.Module]]:
+    """Leaf modules from the input up to the last conv's ReLU: all the maps ever need."""
+    last = layers[-1].relu or layers[-1].bn or layers[-1].name
+    needed = []
+    for name, module in model.named_modules():
+        if list(module.children()):
+            continue
+        needed.append((name, module))
+        if name == last:
+            break
+    return needed
+
+
+def _fit(
+    model: nn.Module,
+    state: Mapping[str, torch.Tensor],
+    arch: str,
+    source: str,
+    needed: list[tuple[str, nn.Module]],
+) -> None:
+    """Refuse, naming what does not fit, any checkpoint not made for this architecture."""
+    own = model.state_dict(keep_vars=True)
+    unexpected = [k for k in state if k not in own]
+    shapes = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+        for k in state
+        if k in own and state[k].shape != own[k].shape
+    ]
+    wanted = [
+        f"{name}.{key}"
+        for name, module in needed
+        for key, _ in [*module.named_parameters(), *module.named_buffers()]
+        if key != "num_batches_tracked"  # absent from torchvision's 2017 checkpoints
+    ]
+    missing = [k for k in wanted if k not in state]
+    if not (unexpected or shapes or missing):
+        return
+    problems = []
+    if missing:
+        problems.append(f"missing {_few(missing)}")
+    if unexpected:
+        problems.append(f"unexpected {_few(unexpected)}")
+    if shapes:
+        problems.append(f"wrong shape {_few(shapes)}")
+    guess = _guess_arch(state)
+    hint = (
+        f"; it looks like a {guess} checkpoint (try --arch {guess})"
+        if guess and guess != arch
+        else ""
+    )
+    raise WeightsError(f"{source} does not fit {arch}: {'; '.join(problems)}{hint}")
+
+
+def _few(items: list[str], n: int = 3) -> str:
+    more = f" and {len(items) - n} more" if len(items) > n else ""
+    return ", ".join(items[:n]) + more
+
+
+def load_model(
+    arch: str = "vgg16_bn",
+    weights: str = "imagenet",
+    *,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    precision: str = "fp32",
+) -> LoadedModel:
+    """A frozen, eval-mode model whose conv part holds real weights on ``device``.
+
+    ``weights``: "imagenet" (torchvision's cache, downloading if needed), "random" (exactly
+    ``torch.manual_seed(seed); torchvision.models.<arch>(weights=None)``) or a file path.
+    """
+    check_arch(arch)
+    if precision not in PRECISIONS:
+        raise UsageError(f"--precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+    device = resolve_device(device) if isinstance(device, str) else device
+    dtype = PRECISIONS[precision]
+    if weights == "random":
+        torch.manual_seed(seed)
+        model = build(arch, "cpu")
+        description, random = f"random (seed {seed})", True
+    else:
+        if weights == "imagenet":
+            path = download_imagenet(arch)
+            description = f"ImageNet ({imagenet_weights(arch).name})"
+        else:
+            path = Path(weights)
+            description = path.name
+        state = read_state_dict(path)
+        model = build(arch, "meta")
+        layers = find_conv_layers(model)
+        _fit(model, state, arch, str(path), _needed_modules(model, layers))
+        model.load_state_dict(state, strict=False, assign=True)
+        random = False
+    layers = find_conv_layers(model)
+    needed = _needed_modules(model, layers)
+    keep = {id(m) for _, m in needed}
+    for _, module in model.named_modules():
+        if list(module.children()):
+            continue
+        if id(module) not in keep:
+            module.to("meta")  # the classifier: never run, so never held in memory
+            continue
+        for key, buf in module.named_buffers():
+            if buf.is_meta:  # num_batches_tracked of old checkpoints: unused in eval mode
+                setattr(module, key, torch.zeros((), dtype=buf.dtype))
+        module.to(device=device, dtype=dtype)
+    model.eval().requires_grad_(False)
+    return LoadedModel(model, arch, description, random, device, dtype, layers)

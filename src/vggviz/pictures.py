@@ -1,0 +1,230 @@
+"""The three pictures vggviz draws: a layer's feature-map grid, a layer's filters, and the
+whole-network overview. Inputs are numpy arrays; outputs PIL images."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from vggviz import render
+from vggviz.render import BACKGROUND, FOREGROUND, MUTED, PAD, ColourBar
+
+
+@dataclass(frozen=True)
+class Style:
+    """How maps are drawn; see the CLI's --select, --grid, --cmap, --scale, --overlay."""
+
+    select: str = "top"
+    grid: str = "4x4"
+    cmap: str = "inferno"
+    scale: str = "layer"
+    overlay: bool = False
+
+
+@dataclass(frozen=True)
+class Caption:
+    """What a picture's title says about where its maps come from."""
+
+    image: str
+    weights: str
+    random: bool
+    mode: str
+    stage: str
+
+
+def random_warning(caption_random: bool, weights: str) -> str | None:
+    if caption_random:
+        return f"RANDOM WEIGHTS, {weights}: these maps show no learned features"
+    return None
+
+
+def layer_picture(
+    fmap: np.ndarray,
+    *,
+    alias: str,
+    module: str,
+    caption: Caption,
+    style: Style,
+    photo: np.ndarray | None = None,
+) -> tuple[Image.Image, list[int]]:
+    """A grid of the channels of one layer's (C, H, W) map, each labelled with its index.
+
+    Returns the picture and the channel indices drawn, in drawing order.
+    """
+    c, h, w = fmap.shape
+    rows, cols = render.grid_shape(style.grid, c)
+    channels = render.select_channels(fmap, rows * cols, style.select)
+    rows = min(rows, -(-len(channels) // cols))
+    chosen = fmap[channels]
+    bar = None
+    if style.scale == "layer":
+        value_range = render.layer_range(fmap)
+        gray = render.to_uint8(chosen, "layer", value_range)
+        bar = ColourBar(render.colormap(style.cmap), *value_range, "one scale for the whole layer")
+    else:
+        gray = render.to_uint8(chosen, "map")
+    lut = render.colormap(style.cmap)
+    if style.overlay and photo is not None:
+        heat = render.upsample(gray, photo.shape[:2])
+        tiles = np.stack([render.overlay(photo, lut[m], m) for m in heat])
+    else:
+        tiles = render.colourize(gray, lut)
+    tiles = render.resize_tiles(tiles, render.tile_factor(*tiles.shape[1:3]))
+    body = Image.fromarray(render.grid(tiles, rows, cols))
+    render.label_tiles(body, [f"#{i}" for i in channels], (tiles.shape[2], tiles.shape[1]), cols)
+    chosen_how = (
+        f"{len(channels)} strongest of {c} channels (largest mean)"
+        if style.select == "top"
+        else f"first {len(channels)} of {c} channels"
+    )
+    scale = "each map on its own scale" if style.scale == "map" else "layer scale, 0.5-99.9th pct"
+    title = [
+        f"{caption.image}  ·  {alias} ({module})  ·  {c}x{h}x{w}",
+        f"{_mode_text(caption)}  ·  weights: {caption.weights}",
+        f"{chosen_how}  ·  {scale}  ·  cmap {style.cmap}"
+        + ("  ·  overlay" if style.overlay else ""),
+    ]
+    warning = random_warning(caption.random, caption.weights)
+    return render.figure(body, title, bar, warning), channels
+
+
+def _mode_text(caption: Caption) -> str:
+    if caption.mode == "chain":
+        return "chain mode: convs only, no BN/ReLU/pool (the tutorial's maps)"
+    return f"network forward pass, after {caption.stage}"
+
+
+def filters_picture(
+    weight: np.ndarray,
+    *,
+    alias: str,
+    module: str,
+    weights: str,
+    random: bool,
+    view: str,
+    channel: int = 0,
+    cmap: str = "gray",
+    scale: str = "map",
+) -> Image.Image:
+    """A layer's kernels (out, in, kH, kW) in a near-square grid (8x8 for 64).
+
+    ``view``: ``rgb`` draws each 3-channel kernel as colour (positive weights bright, zero
+    mid-grey); ``channel`` draws input channel ``channel``; ``mean`` the mean over inputs.
+    """
+    out_ch, in_ch, kh, kw = weight.shape
+    cols = int(np.ceil(np.sqrt(out_ch)))
+    rows = -(-out_ch // cols)
+    if view == "rgb":
+        if in_ch != 3:
+            raise ValueError(f"{alias} has {in_ch} input channels; rgb needs 3 (try --view mean)")
+        k = weight.transpose(0, 2, 3, 1)  # (out, kH, kW, 3)
+        # per kernel, or one bound for all: zero stays mid-grey either way
+        axes = (1, 2, 3) if scale == "map" else None
+        bound = np.abs(k).max(axis=axes, keepdims=True)
+        bound = np.where(bound > 0, bound, 1.0)
+        tiles = (np.clip(k / (2 * bound) + 0.5, 0, 1) * 255 + 0.5).astype(np.uint8)
+        bar = None
+        what = "RGB: each kernel's 3 input channels as colour, 0 = mid grey"
+    else:
+        if view == "channel":
+            if not 0 <= channel < in_ch:
+                raise ValueError(f"--channel {channel}: {alias} has input channels 0..{in_ch - 1}")
+            planes = weight[:, channel]
+            what = f"input channel {channel}"
+        else:
+            planes = weight.mean(axis=1)
+            what = f"mean over {in_ch} input channels"
+        lut = render.colormap(cmap)
+        if scale == "map":
+            gray, bar = render.to_uint8(planes, "map"), None
+        else:
+            bound = float(np.abs(planes).max()) or 1.0
+            gray = render.to_uint8(planes, "layer", (-bound, bound))
+            bar = ColourBar(lut, -bound, bound, "one scale for all kernels")
+        tiles = render.colourize(gray, lut)
+    tiles = render.resize_tiles(tiles, float(max(1, 96 // max(kh, kw))))
+    body = render.grid(tiles, rows, cols, pad=6)
+    title = [
+        f"{alias} ({module}) filters  ·  {out_ch} kernels of {in_ch}x{kh}x{kw}",
+        f"{what}  ·  weights: {weights}",
+        "each kernel on its own scale" if scale == "map" else "one scale for the whole layer",
+    ]
+    return render.figure(body, title, bar, random_warning(random, weights))
+
+
+@dataclass(frozen=True)
+class OverviewRow:
+    alias: str
+    module: str
+    shape: tuple[int, int, int]
+    tiles: np.ndarray  # (k, t, t, 3) uint8, strongest channels first
+    channels: list[int]
+
+
+OVERVIEW_TILE = 88
+OVERVIEW_MAPS = 8
+
+
+def overview_tiles(
+    fmap: np.ndarray, style: Style, count: int = OVERVIEW_MAPS
+) -> tuple[np.ndarray, list[int]]:
+    """The strongest ``count`` maps of a layer as small square-ish colour tiles."""
+    channels = render.select_channels(fmap, count, "top")
+    chosen = fmap[channels]
+    if style.scale == "layer":
+        gray = render.to_uint8(chosen, "layer", render.layer_range(fmap))
+    else:
+        gray = render.to_uint8(chosen, "map")
+    h, w = gray.shape[1:]
+    f = OVERVIEW_TILE / max(h, w)
+    size = (max(1, round(w * f)), max(1, round(h * f)))
+    resample = Image.Resampling.NEAREST if f >= 1 else Image.Resampling.BOX
+    small = np.stack([np.asarray(Image.fromarray(g).resize(size, resample)) for g in gray])
+    return render.colourize(small, render.colormap(style.cmap)), channels
+
+
+def overview_picture(
+    rows: Sequence[OverviewRow], photo: np.ndarray, caption: Caption, style: Style
+) -> Image.Image:
+    """One row per conv layer with its strongest maps, the input photo beside the title."""
+    label_w = 190
+    tile_h = max(r.tiles.shape[1] for r in rows)
+    tile_w = max(r.tiles.shape[2] for r in rows)
+    n = max(r.tiles.shape[0] for r in rows)
+    width = label_w + n * (tile_w + PAD) + PAD
+    height = len(rows) * (tile_h + PAD) + PAD
+    body = Image.new("RGB", (width, height), BACKGROUND)
+    draw = ImageDraw.Draw(body)
+    for i, row in enumerate(rows):
+        y = PAD + i * (tile_h + PAD)
+        draw.text((8, y + 6), row.alias, font=render.font(20), fill=FOREGROUND)
+        c, h, w = row.shape
+        draw.text((8, y + 32), row.module, font=render.font(13), fill=MUTED)
+        draw.text((8, y + 50), f"{c}x{h}x{w}", font=render.font(13), fill=MUTED)
+        for j, tile in enumerate(row.tiles):
+            body.paste(Image.fromarray(tile), (label_w + j * (tile_w + PAD), y))
+        render.label_tiles(
+            body,
+            [f"#{ch}" for ch in row.channels],
+            (tile_w, tile_h),
+            n,
+            origin=(label_w - PAD, y - PAD),
+        )
+    thumb = Image.fromarray(photo)
+    thumb.thumbnail((width, 240))
+    top = Image.new("RGB", (width, thumb.height + 2 * PAD), BACKGROUND)
+    top.paste(thumb, (PAD, PAD))
+    stacked = Image.new("RGB", (width, top.height + body.height), BACKGROUND)
+    stacked.paste(top, (0, 0))
+    stacked.paste(body, (0, top.height))
+    title = [
+        f"{caption.image}  ·  {caption.weights}",
+        f"{_mode_text(caption)}  ·  strongest {n} channels of every conv layer",
+        "each map on its own scale"
+        if style.scale == "map"
+        else "each layer on its own robust scale",
+    ]
+    return render.figure(stacked, title, None, random_warning(caption.random, caption.weights))

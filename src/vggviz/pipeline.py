@@ -1,0 +1,278 @@
+"""The ``features`` job: images in, one picture per conv layer (plus overview, raw maps and a
+record) out, for any number of images with flat memory.
+
+The main thread decodes images and runs the network; a single worker thread draws and writes
+the pictures of one image while the next is computed. Each image's files are written
+atomically and its ``record.json`` last, so a folder with a record is complete.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from vggviz import images, pictures, writing
+from vggviz.capture import chain_maps, network_maps
+from vggviz.errors import InputError
+from vggviz.inputs import InputItem
+from vggviz.layers import ConvLayer
+from vggviz.models import LoadedModel
+
+RECORD = "record.json"
+OVERVIEW = "overview.png"
+RAW = "maps.npz"
+
+
+@dataclass(frozen=True)
+class Job:
+    """Everything about a run except the model and the inputs."""
+
+    mode: str = "network"
+    stage: str = "relu"
+    size: int = 224
+    normalize: bool = True
+    style: pictures.Style = field(default_factory=pictures.Style)
+    save_raw: bool = False
+    overview: bool = True
+    batch_size: int = 1
+    skip_existing: bool = False
+
+
+def picture_name(layer: ConvLayer) -> str:
+    """``01-conv1.png``: file names sort in layer order."""
+    return f"{layer.index:02d}-{layer.alias}.png"
+
+
+def expected_files(folder: Path, layers: Sequence[ConvLayer], job: Job) -> list[Path]:
+    files = [folder / picture_name(layer) for layer in layers]
+    if job.overview:
+        files.append(folder / OVERVIEW)
+    if job.save_raw:
+        files.append(folder / RAW)
+    return [*files, folder / RECORD]
+
+
+class ImageOutput:
+    """One image's outputs, filled layer by layer (on the worker thread)."""
+
+    def __init__(
+        self, item: InputItem, folder: Path, photo: np.ndarray, loaded: LoadedModel, job: Job
+    ) -> None:
+        self.item, self.folder, self.photo, self.job = item, folder, photo, job
+        self.caption = pictures.Caption(
+            str(item.rel), loaded.weights, loaded.random, job.mode, job.stage
+        )
+        self.outputs: list[Path] = []
+        self.layers: list[dict[str, Any]] = []
+        self.rows: list[pictures.OverviewRow] = []
+        self.error: str | None = None
+        self.raw = None
+        writing.clean_temporaries(folder)
+        if job.save_raw:
+            self.raw = writing.NpzWriter(folder / RAW)
+
+    def add_layer(self, layer: ConvLayer, fmap: np.ndarray) -> None:
+        if self.error:
+            return
+        try:
+            image, channels = pictures.layer_picture(
+                fmap,
+                alias=layer.alias,
+                module=layer.name,
+                caption=self.caption,
+                style=self.job.style,
+                photo=self.photo,
+            )
+            path = writing.save_png(image, self.folder / picture_name(layer))
+            self.outputs.append(path)
+            if self.raw:
+                self.raw.add(layer.alias, fmap)
+            if self.job.overview:
+                tiles, top = pictures.overview_tiles(fmap, self.job.style)
+                self.rows.append(
+                    pictures.OverviewRow(layer.alias, layer.name, fmap.shape, tiles, top)
+                )
+            self.layers.append(_layer_stats(layer, fmap, channels, path))
+        except OSError as err:
+            self.error = f"{self.folder}: cannot write ({err.strerror or err})"
+
+    def finish(self) -> dict[str, Any]:
+        try:
+            if not self.error:
+                if self.job.overview and self.rows:
+                    image = pictures.overview_picture(
+                        self.rows, self.photo, self.caption, self.job.style
+                    )
+                    self.outputs.append(writing.save_png(image, self.folder / OVERVIEW))
+                if self.raw:
+                    self.outputs.append(self.raw.close())
+                    self.raw = None
+                record = self.record("ok")
+                writing.save_json(record, self.folder / RECORD)
+                return record
+        except OSError as err:
+            self.error = f"{self.folder}: cannot write ({err.strerror or err})"
+        self.discard()
+        return error_record(self.item, self.error or "failed")
+
+    def discard(self) -> None:
+        """Remove what this run wrote for the image: half an image's pictures mislead."""
+        if self.raw:
+            self.raw.abort()
+        for path in self.outputs:
+            path.unlink(missing_ok=True)
+        self.outputs = []
+
+    def record(self, status: str) -> dict[str, Any]:
+        return {
+            "input": str(self.item.path),
+            "status": status,
+            "folder": str(self.folder),
+            "size": list(self.photo.shape[:2]),
+            "outputs": [str(p) for p in [*self.outputs, self.folder / RECORD]],
+            "overview": str(self.folder / OVERVIEW) if self.job.overview else None,
+            "layers": self.layers,
+        }
+
+
+def _layer_stats(
+    layer: ConvLayer, fmap: np.ndarray, channels: list[int], path: Path
+) -> dict[str, Any]:
+    return {
+        "name": layer.alias,
+        "module": layer.name,
+        "shape": list(fmap.shape),
+        "mean": round(float(fmap.mean(dtype=np.float64)), 6),
+        "max": round(float(fmap.max()), 6),
+        "zero_fraction": round(float(np.count_nonzero(fmap == 0) / fmap.size), 6),
+        "channels": channels,
+        "picture": str(path),
+    }
+
+
+def error_record(item: InputItem, message: str) -> dict[str, Any]:
+    return {"input": str(item.path), "status": "error", "error": message, "outputs": []}
+
+
+def skipped_record(item: InputItem, folder: Path) -> dict[str, Any]:
+    """The record of an earlier run, marked skipped (it still describes the files)."""
+    try:
+        record = json.loads((folder / RECORD).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        record = {"input": str(item.path), "folder": str(folder), "outputs": []}
+    return {**record, "input": str(item.path), "status": "skipped"}
+
+
+@dataclass
+class _Prepared:
+    item: InputItem
+    folder: Path
+    photo: np.ndarray
+    tensor: torch.Tensor
+
+
+class _Backlog:
+    """Futures of the worker thread, waited for in order once too many are pending, so that
+    memory stays flat however many images there are."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.pending: deque[tuple[Future[Any], Callable[[Any], None] | None]] = deque()
+
+    def add(self, future: Future[Any], done: Callable[[Any], None] | None = None) -> None:
+        self.pending.append((future, done))
+        while len(self.pending) > self.limit:
+            self.pop()
+
+    def pop(self) -> None:
+        future, done = self.pending.popleft()
+        result = future.result()
+        if done:
+            done(result)
+
+    def drain(self) -> None:
+        while self.pending:
+            self.pop()
+
+
+def run(
+    loaded: LoadedModel,
+    layers: Sequence[ConvLayer],
+    work: Sequence[tuple[InputItem, Path]],
+    job: Job,
+    on_record: Callable[[dict[str, Any]], None],
+) -> None:
+    """Process every (input, output folder) pair, calling ``on_record`` once per input, in
+    input order. Bad inputs become error records; the run goes on."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="vggviz-draw") as pool:
+        # chain-mode maps are full resolution (up to 100 MB a layer): keep few of them waiting
+        backlog = _Backlog(limit=2 if job.mode == "chain" else len(layers) + 2)
+        try:
+            for batch in _batches(work, loaded, layers, job, backlog, on_record):
+                _process(batch, loaded, layers, job, pool, backlog, on_record)
+            backlog.drain()
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+
+
+def _batches(work, loaded, layers, job, backlog, on_record) -> Iterator[list[_Prepared]]:
+    """Decoded images grouped by equal size, up to ``job.batch_size`` at a time. Skipped and
+    failed inputs are reported through the backlog, so records stay in input order."""
+    batch: list[_Prepared] = []
+    for item, folder in work:
+        if job.skip_existing and all(p.is_file() for p in expected_files(folder, layers, job)):
+            record = skipped_record(item, folder)
+        else:
+            try:
+                image = images.resize_for_model(images.load_rgb(item.path), job.size)
+            except InputError as err:
+                record = error_record(item, str(err))
+            else:
+                array = images.to_array(image, job.normalize)
+                tensor = torch.from_numpy(array)
+                if batch and (
+                    len(batch) >= job.batch_size or batch[0].tensor.shape != tensor.shape
+                ):
+                    yield batch
+                    batch = []
+                batch.append(_Prepared(item, folder, np.asarray(image), tensor))
+                continue
+        if batch:
+            yield batch
+            batch = []
+        backlog.add(_resolved(record), on_record)
+    if batch:
+        yield batch
+
+
+def _resolved(value: Any) -> Future[Any]:
+    future: Future[Any] = Future()
+    future.set_result(value)
+    return future
+
+
+def _process(batch, loaded, layers, job, pool, backlog, on_record) -> None:
+    x = torch.stack([p.tensor for p in batch]).to(loaded.device, loaded.dtype)
+    outs = [ImageOutput(p.item, p.folder, p.photo, loaded, job) for p in batch]
+    if job.mode == "network":
+        maps = network_maps(loaded.model, layers, x, job.stage)
+        stream: Iterator[tuple[ConvLayer, torch.Tensor]] = (
+            (la, maps.pop(la.alias)) for la in layers
+        )
+    else:
+        stream = chain_maps(loaded.layers, x, layers)
+    for layer, tensor in stream:
+        arrays = tensor.float().cpu().numpy()
+        for out, fmap in zip(outs, arrays, strict=True):
+            backlog.add(pool.submit(out.add_layer, layer, fmap))
+    for out in outs:
+        backlog.add(pool.submit(out.finish), on_record)

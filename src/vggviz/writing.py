@@ -1,0 +1,127 @@
+"""Writing output files so that a killed run never leaves a partial file under a final name.
+
+Every file is written to a temporary name in its own folder and renamed into place; the
+temporary names share one suffix so that the next run can sweep up what a kill left behind.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+from PIL import Image
+
+TMP_SUFFIX = ".vggviz-tmp"
+PNG_COMPRESS_LEVEL = 1  # 4x faster than Pillow's default for about 10% larger files
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+FILE_MODE = 0o666 & ~_umask()  # what open() would give; mkstemp's 0600 would hide outputs
+
+
+def _temporary(path: Path) -> tuple[int, str]:
+    """A new temporary file beside ``path``, with ordinary file permissions."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
+    os.chmod(tmp, FILE_MODE)
+    return fd, tmp
+
+
+@contextmanager
+def atomic_file(path: Path, mode: str = "wb") -> Iterator[IO[Any]]:
+    """Open a temporary file beside ``path``; rename it to ``path`` only if the block succeeds."""
+    fd, tmp = _temporary(path)
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_png(image: Image.Image, path: Path) -> Path:
+    buffer = io.BytesIO()  # encode first: the file then exists only for one short write
+    image.save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+    with atomic_file(path) as f:
+        f.write(buffer.getbuffer())
+    return path
+
+
+def save_json(obj: object, path: Path) -> Path:
+    with atomic_file(path, "w") as f:
+        json.dump(obj, f, indent=1, ensure_ascii=False)
+        f.write("\n")
+    return path
+
+
+def clean_temporaries(folder: Path) -> int:
+    """Remove what a killed run left in ``folder`` (not recursive); returns how many."""
+    removed = 0
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return 0
+    for entry in entries:
+        if entry.name.endswith(TMP_SUFFIX) and entry.is_file(follow_symlinks=False):
+            Path(entry.path).unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+class NpzWriter:
+    """An ``.npz`` written one array at a time, so the maps of all layers are never held at
+    once; readable with ``np.load`` like any ``np.savez`` file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        fd, self._tmp = _temporary(path)
+        os.close(fd)
+        self._zip = zipfile.ZipFile(self._tmp, "w", compression=zipfile.ZIP_STORED)
+
+    def add(self, name: str, array: np.ndarray) -> None:
+        with self._zip.open(f"{name}.npy", "w", force_zip64=True) as f:
+            np.lib.format.write_array(f, np.ascontiguousarray(array), allow_pickle=False)
+
+    def close(self) -> Path:
+        self._zip.close()
+        os.replace(self._tmp, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        self._zip.close()
+        Path(self._tmp).unlink(missing_ok=True)
+
+
+class JsonLines:
+    """A JSON Lines file filled record by record and put in place by ``close``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        fd, self._tmp = _temporary(path)
+        self._file = os.fdopen(fd, "w", encoding="utf-8")
+
+    def write(self, record: dict[str, Any]) -> None:
+        self._file.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+    def close(self) -> Path:
+        self._file.close()
+        os.replace(self._tmp, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        self._file.close()
+        Path(self._tmp).unlink(missing_ok=True)
