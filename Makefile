@@ -1,0 +1,43 @@
+# The README's commands. Both work from a fresh clone with only Python 3 and make.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+OUT ?= outputs
+DEVICE ?= cpu
+ARCH ?= vgg16_bn
+
+.PHONY: demo test bench lint clean
+
+# (Re)install when pyproject.toml changes; the venv itself is made once.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[test]'
+	touch $@
+
+## demo: set up, then draw the filters and the feature maps of the photos in examples/
+demo: $(STAMP)
+	@if $(BIN)/vggviz weights --arch $(ARCH) >/dev/null 2>&1; then W=imagenet; \
+	elif $(BIN)/vggviz weights download --arch $(ARCH); then W=imagenet; \
+	else echo "demo: ImageNet weights unavailable (offline?): drawing with --weights random instead;"; \
+	     echo "      the pictures say so in their titles. Fetch them with: $(BIN)/vggviz weights download"; W=random; fi; \
+	$(BIN)/vggviz filters --arch $(ARCH) --weights $$W -o $(OUT) && \
+	$(BIN)/vggviz features examples/photos/ --arch $(ARCH) --weights $$W -o $(OUT) && \
+	echo "demo: pictures are in $(OUT)/ (open $(OUT)/index.html or $(OUT)/cat/overview.png)"
+
+## test: the whole suite, offline, plus ruff
+test: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/python -m pytest -q
+
+## bench: vggviz against the tutorial on the same photo and checkpoint (DEVICE=cuda for a GPU)
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench.py --device $(DEVICE)
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info
+	find $(OUT) -mindepth 1 ! -name .gitkeep -exec rm -rf {} +

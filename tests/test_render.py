@@ -1,0 +1,122 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from vggviz import pictures, render
+
+
+def test_to_uint8_map_scale_stretches_each_map_and_blackens_constant_ones() -> None:
+    maps = np.array([[[0.0, 1.0], [2.0, 4.0]], [[5.0, 5.0], [5.0, 5.0]]], dtype=np.float32)
+    out = render.to_uint8(maps, "map")
+    assert out.dtype == np.uint8
+    assert out[0].tolist() == [[0, 64], [128, 255]]
+    assert out[1].tolist() == [[0, 0], [0, 0]]
+    assert maps[0, 1, 1] == 4.0  # input untouched
+
+
+def test_to_uint8_layer_scale_is_shared_and_clipped() -> None:
+    maps = np.array([[[0.0, 1.0]], [[2.0, 9.0]]], dtype=np.float32)
+    out = render.to_uint8(maps, "layer", (0.0, 2.0))
+    assert out.tolist() == [[[0, 128]], [[255, 255]]]
+
+
+def test_layer_range_ignores_a_single_hot_pixel() -> None:
+    maps = np.zeros((4, 50, 50), dtype=np.float32)
+    maps[:, :, :25] = 1.0
+    maps[0, 0, 0] = 1000.0
+    lo, hi = render.layer_range(maps)
+    assert (lo, hi) == (0.0, 1.0)
+
+
+def test_select_channels_first_and_top() -> None:
+    maps = np.stack([np.full((2, 2), v, dtype=np.float32) for v in (3, 9, 1, 9, 5)])
+    assert render.select_channels(maps, 3, "first") == [0, 1, 2]
+    assert render.select_channels(maps, 3, "top") == [1, 3, 4]  # ties keep channel order
+    assert render.select_channels(maps, 99, "top") == [1, 3, 4, 0, 2]
+
+
+def test_grid_layout_and_shape_parsing() -> None:
+    tiles = np.stack([np.full((2, 3, 3), i * 40, dtype=np.uint8) for i in range(5)])
+    out = render.grid(tiles, 2, 3, pad=1)
+    assert out.shape == (2 * 3 + 1, 3 * 4 + 1, 3)
+    assert out[1, 1].tolist() == [0, 0, 0] and out[1, 5].tolist() == [40, 40, 40]
+    assert out[4, 5].tolist() == [160, 160, 160]  # fifth tile: row 2, column 2
+    assert out[4, 9].tolist() == list(render.BACKGROUND)  # sixth cell stays empty
+    assert render.grid_shape("4x4", 64) == (4, 4)
+    assert render.grid_shape("2X8", 64) == (2, 8)
+    assert render.grid_shape("all", 64) == (8, 8)
+    assert render.grid_shape("all", 10) == (3, 4)
+    for bad in ("0x4", "4", "axb", "4x"):
+        with pytest.raises(ValueError, match="expected RxC"):
+            render.grid_shape(bad, 64)
+
+
+def test_colormaps() -> None:
+    assert render.colormap("gray")[200].tolist() == [200, 200, 200]
+    viridis = render.colormap("viridis")
+    assert viridis.shape == (256, 3) and viridis[0].tolist() == [68, 1, 84]
+    with pytest.raises(ValueError, match="unknown colour map 'nope'"):
+        render.check_colormap("nope")
+
+
+def _layer_picture(fmap: np.ndarray, style: pictures.Style, random: bool = False):
+    caption = pictures.Caption("cat.jpg", "test weights", random, "network", "relu")
+    return pictures.layer_picture(fmap, alias="conv3", module="features.7", caption=caption, style=style)
+
+
+def test_layer_picture_grid_tiles_and_channels() -> None:
+    """16 constant 14x14 channels, channel i worth i: top-first order, one grey level each."""
+    fmap = np.stack([np.full((14, 14), float(i), dtype=np.float32) for i in range(16)])
+    image, channels = _layer_picture(fmap, pictures.Style(cmap="gray", scale="layer"))
+    assert channels == list(range(15, -1, -1))
+    tile, pad = 14 * 16, render.PAD  # 14 px maps are enlarged 16x to 224
+    body = 4 * (tile + pad) + pad
+    assert image.width == body
+    top = image.height - body
+    px = np.asarray(image)
+    for k, channel in enumerate(channels):
+        r, c = divmod(k, 4)
+        y, x = top + pad + r * (tile + pad) + tile // 2, pad + c * (tile + pad) + tile // 2
+        assert px[y, x].tolist() == [round(channel / 15 * 255)] * 3
+
+
+def test_layer_picture_map_scale_and_first_selection() -> None:
+    fmap = np.stack([np.full((14, 14), float(i), dtype=np.float32) for i in range(20)])
+    fmap[2, :7] = 0.0  # half dark: stretched on its own, the other half is white
+    image, channels = _layer_picture(fmap, pictures.Style(select="first", cmap="gray", scale="map", grid="2x3"))
+    assert channels == [0, 1, 2, 3, 4, 5]
+    px = np.asarray(image)
+    tile, pad = 224, render.PAD
+    top = image.height - (2 * (tile + pad) + pad)
+    x = pad + 2 * (tile + pad) + tile // 2
+    assert px[top + pad + 40, x].tolist() == [0, 0, 0]
+    assert px[top + pad + 200, x].tolist() == [255, 255, 255]
+
+
+def test_random_weights_are_announced_in_the_title() -> None:
+    fmap = np.random.default_rng(0).random((8, 10, 10), dtype=np.float32)
+    warn = np.array([255, 170, 60])
+    for random, expected in ((True, True), (False, False)):
+        image, _ = _layer_picture(fmap, pictures.Style(cmap="gray"), random=random)
+        px = np.asarray(image)[:150]
+        assert (np.abs(px.astype(int) - warn).sum(axis=-1) < 30).any() == expected
+
+
+def test_filters_picture_rgb_kernels() -> None:
+    weight = np.zeros((64, 3, 3, 3), dtype=np.float32)
+    weight[0, 0] = 1.0  # kernel 0: red input channel only -> (255, 128, 128)
+    weight[1, 2] = -1.0  # kernel 1: negative blue -> (128, 128, 0)
+    image = pictures.filters_picture(weight, alias="conv1", module="features.0", weights="w",
+                                     random=False, view="rgb")
+    tile, pad = 96, 6
+    assert image.width == 8 * (tile + pad) + pad
+    top = image.height - image.width
+    px = np.asarray(image)
+    centre = top + pad + tile // 2
+    assert px[centre, pad + tile // 2].tolist() == [255, 128, 128]
+    assert px[centre, pad + tile + pad + tile // 2].tolist() == [128, 128, 0]
+    assert px[centre, pad + 2 * (tile + pad) + tile // 2].tolist() == [128, 128, 128]
+    with pytest.raises(ValueError, match="conv2 has 64 input channels; rgb needs 3"):
+        pictures.filters_picture(np.zeros((8, 64, 3, 3), np.float32), alias="conv2",
+                                 module="features.2", weights="w", random=False, view="rgb")
