@@ -27,7 +27,9 @@ def _manual(features: nn.Sequential, x: torch.Tensor, stage_type: type) -> list[
     return outs
 
 
-@pytest.mark.parametrize(("stage", "stage_type"), [("conv", nn.Conv2d), ("bn", nn.BatchNorm2d), ("relu", nn.ReLU)])
+@pytest.mark.parametrize(
+    ("stage", "stage_type"), [("conv", nn.Conv2d), ("bn", nn.BatchNorm2d), ("relu", nn.ReLU)]
+)
 def test_network_mode_equals_a_manual_forward(vgg11_bn_random, stage, stage_type) -> None:
     model = vgg11_bn_random
     layers = find_conv_layers(model)

@@ -67,7 +67,9 @@ def test_checkpoint_for_another_architecture_is_refused(vgg11_file, vgg11_bn_fil
     state["features.0.weight"] = torch.zeros(64, 1, 3, 3)
     grey = vgg11_file.parent / "grey_input.pth"
     torch.save(state, grey)
-    with pytest.raises(WeightsError, match=r"wrong shape features.0.weight \(64, 1, 3, 3\) vs \(64, 3, 3, 3\)$"):
+    with pytest.raises(
+        WeightsError, match=r"wrong shape features.0.weight \(64, 1, 3, 3\) vs \(64, 3, 3, 3\)$"
+    ):
         load_model("vgg11", str(grey), device="cpu")
     with pytest.raises(WeightsError, match="unexpected features.1.weight.*try --arch vgg11_bn\\)$"):
         load_model("vgg11", str(vgg11_bn_file), device="cpu")
@@ -107,7 +109,9 @@ def test_imagenet_weights_come_from_torchvisions_cache(tmp_path, monkeypatch, vg
     assert imagenet_cache_path("vgg11") == expected
     assert expected.name == Path(torchvision.models.VGG11_Weights.IMAGENET1K_V1.url).name
     expected.parent.mkdir(parents=True)
-    torch.save({k: v for k, v in vgg11_random.state_dict().items() if k.startswith("features")}, expected)
+    torch.save(
+        {k: v for k, v in vgg11_random.state_dict().items() if k.startswith("features")}, expected
+    )
     loaded = load_model("vgg11", "imagenet", device="cpu")
     assert loaded.weights == "ImageNet (IMAGENET1K_V1)" and not loaded.random
     _assert_same_features(loaded, vgg11_random)

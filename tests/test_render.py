@@ -62,7 +62,9 @@ def test_colormaps() -> None:
 
 def _layer_picture(fmap: np.ndarray, style: pictures.Style, random: bool = False):
     caption = pictures.Caption("cat.jpg", "test weights", random, "network", "relu")
-    return pictures.layer_picture(fmap, alias="conv3", module="features.7", caption=caption, style=style)
+    return pictures.layer_picture(
+        fmap, alias="conv3", module="features.7", caption=caption, style=style
+    )
 
 
 def test_layer_picture_grid_tiles_and_channels() -> None:
@@ -84,7 +86,9 @@ def test_layer_picture_grid_tiles_and_channels() -> None:
 def test_layer_picture_map_scale_and_first_selection() -> None:
     fmap = np.stack([np.full((14, 14), float(i), dtype=np.float32) for i in range(20)])
     fmap[2, :7] = 0.0  # half dark: stretched on its own, the other half is white
-    image, channels = _layer_picture(fmap, pictures.Style(select="first", cmap="gray", scale="map", grid="2x3"))
+    image, channels = _layer_picture(
+        fmap, pictures.Style(select="first", cmap="gray", scale="map", grid="2x3")
+    )
     assert channels == [0, 1, 2, 3, 4, 5]
     px = np.asarray(image)
     tile, pad = 224, render.PAD
@@ -107,8 +111,9 @@ def test_filters_picture_rgb_kernels() -> None:
     weight = np.zeros((64, 3, 3, 3), dtype=np.float32)
     weight[0, 0] = 1.0  # kernel 0: red input channel only -> (255, 128, 128)
     weight[1, 2] = -1.0  # kernel 1: negative blue -> (128, 128, 0)
-    image = pictures.filters_picture(weight, alias="conv1", module="features.0", weights="w",
-                                     random=False, view="rgb")
+    image = pictures.filters_picture(
+        weight, alias="conv1", module="features.0", weights="w", random=False, view="rgb"
+    )
     tile, pad = 96, 6
     assert image.width == 8 * (tile + pad) + pad
     top = image.height - image.width
@@ -118,5 +123,11 @@ def test_filters_picture_rgb_kernels() -> None:
     assert px[centre, pad + tile + pad + tile // 2].tolist() == [128, 128, 0]
     assert px[centre, pad + 2 * (tile + pad) + tile // 2].tolist() == [128, 128, 128]
     with pytest.raises(ValueError, match="conv2 has 64 input channels; rgb needs 3"):
-        pictures.filters_picture(np.zeros((8, 64, 3, 3), np.float32), alias="conv2",
-                                 module="features.2", weights="w", random=False, view="rgb")
+        pictures.filters_picture(
+            np.zeros((8, 64, 3, 3), np.float32),
+            alias="conv2",
+            module="features.2",
+            weights="w",
+            random=False,
+            view="rgb",
+        )
