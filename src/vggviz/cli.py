@@ -6,9 +6,12 @@ answer at once.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import os
 import re
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -20,7 +23,17 @@ import click
 from vggviz import __version__
 from vggviz.errors import UsageError, VggvizError
 
-OK, FAILED, USAGE, INTERRUPTED = 0, 1, 2, 130
+OK, FAILED, USAGE, INTERRUPTED, TERMINATED = 0, 1, 2, 130, 143
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's time limit): stop as cleanly as for Ctrl-C."""
+
+
+def _on_sigterm(_signum: int, _frame: object) -> None:
+    raise Terminated
+
+
 ARCHS = ("vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn")
 DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 GRID_RE = re.compile(r"^(all|[1-9]\d*x[1-9]\d*)$")
@@ -459,74 +472,65 @@ def _run_features(
     run_info: dict[str, str],
     problems,
 ) -> int:
-    from vggviz import pipeline, report, writing
+    from vggviz import pipeline
 
-    suffix = f"-shard-{shard_kn[0]}-of-{shard_kn[1]}" if shard_kn else ""
-    manifest = writing.JsonLines(output_dir / f"manifest{suffix}.jsonl")
-    counts = {"ok": 0, "error": 0, "skipped": 0}
-    for problem in problems:
+    for problem in problems:  # folders that could not be listed
         click.echo(f"error: {problem}", err=True)
-        counts["error"] += 1
     show_bar = not quiet and sys.stderr.isatty() and len(work) > 1
     started = time.perf_counter()
+    finished = [0]
     bar = (
         click.progressbar(
             length=len(work),
             label="images",
             file=sys.stderr,
-            item_show_func=lambda _: _rate(counts, started),
             show_eta=True,
             show_percent=False,
             show_pos=True,
+            item_show_func=lambda _: _rate(finished[0], started),
         )
         if show_bar
         else None
     )
 
     def on_record(record: dict[str, Any]) -> None:
-        counts[record["status"]] += 1
-        manifest.write(record)
+        finished[0] += 1
         if record["status"] == "error":
             if bar:
-                click.echo("", err=True)
+                click.echo("", err=True)  # keep the message off the bar's line
             click.echo(f"error: {record['error']}", err=True)
         if as_json:
             click.echo(json.dumps(record, ensure_ascii=False))
         if bar:
             bar.update(1)
 
+    suffix = f"-shard-{shard_kn[0]}-of-{shard_kn[1]}" if shard_kn else ""
     try:
-        if bar:
-            bar.__enter__()
-        pipeline.run(loaded, layers, work, job, on_record)
-    except KeyboardInterrupt:
-        manifest.abort()
-        if bar:
-            click.echo("", err=True)
-        click.echo(f"interrupted: {counts['ok']} of {len(work)} image(s) finished", err=True)
-        return INTERRUPTED
-    finally:
-        if bar:
-            bar.__exit__(None, None, None)
-    manifest.close()
-    records = [json.loads(line) for line in manifest.path.read_text(encoding="utf-8").splitlines()]
-    index = report.write_index(
-        output_dir,
-        records,
-        title=f"vggviz: {loaded.arch}",
-        run_info={**run_info, **{k: str(v) for k, v in counts.items()}},
-    )
-    summary = f"{counts['ok']} done, {counts['error']} failed, {counts['skipped']} skipped"
-    if not quiet or counts["error"]:
+        with bar if bar else contextlib.nullcontext():
+            counts, index = pipeline.run_to_folder(
+                loaded,
+                layers,
+                work,
+                job,
+                output_dir,
+                run_info=run_info,
+                on_record=on_record,
+                suffix=suffix,
+            )
+    except KeyboardInterrupt as stop:
+        click.echo(f"\ninterrupted: {finished[0]} of {len(work)} image(s) finished", err=True)
+        return TERMINATED if isinstance(stop, Terminated) else INTERRUPTED
+    failed = counts.error + len(problems)
+    if not quiet:
         click.echo(
-            summary + (f" · pictures in {output_dir}/ · open {index}" if not quiet else ""),
-            err=True,
+            f"{counts.summary()} · pictures in {output_dir}{os.sep} · open {index}", err=True
         )
-    return FAILED if counts["error"] else OK
+    elif failed:
+        click.echo(counts.summary(), err=True)
+    return FAILED if failed else OK
 
 
-def _rate(counts: dict[str, int], started: float) -> str:
-    done = sum(counts.values())
+def _rate(done: int, started: float) -> str:
     elapsed = time.perf_counter() - started
     return f"{done / elapsed:.1f} img/s" if elapsed > 0 and done else ""
 
@@ -599,15 +603,17 @@ def weights_import(file: Path) -> None:
 
 
 def main() -> None:
-    """Console entry point: exit codes 0 ok, 1 failed inputs or errors, 2 usage, 130 Ctrl-C."""
+    """Console entry point: exit codes 0 ok, 1 failed inputs or errors, 2 usage, 130 Ctrl-C,
+    143 SIGTERM."""
+    signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         code = cli.main(prog_name="vggviz", standalone_mode=False)
     except click.ClickException as err:
         err.show()
         code = err.exit_code
-    except (click.Abort, KeyboardInterrupt):
+    except (click.Abort, KeyboardInterrupt) as stop:
         click.echo("interrupted", err=True)
-        code = INTERRUPTED
+        code = TERMINATED if isinstance(stop.__cause__ or stop, Terminated) else INTERRUPTED
     except BrokenPipeError:
         sys.stderr.close()  # a closed pipe (vggviz ... | head) is not an error worth a traceback
         code = OK

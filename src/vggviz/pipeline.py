@@ -8,6 +8,7 @@ atomically and its ``record.json`` last, so a folder with a record is complete.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -127,9 +128,12 @@ class ImageOutput:
         """Remove what this run wrote for the image: half an image's pictures mislead."""
         if self.raw:
             self.raw.abort()
+            self.raw = None
         for path in self.outputs:
             path.unlink(missing_ok=True)
         self.outputs = []
+        with contextlib.suppress(OSError):
+            self.folder.rmdir()  # only if nothing else is in it
 
     def record(self, status: str) -> dict[str, Any]:
         return {
@@ -159,7 +163,13 @@ def _layer_stats(
 
 
 def error_record(item: InputItem, message: str) -> dict[str, Any]:
-    return {"input": str(item.path), "status": "error", "error": message, "outputs": []}
+    return {
+        "input": str(item.path),
+        "status": "error",
+        "error": message,
+        "outputs": [],
+        "layers": [],
+    }
 
 
 def skipped_record(item: InputItem, folder: Path) -> dict[str, Any]:
@@ -202,6 +212,14 @@ class _Backlog:
         while self.pending:
             self.pop()
 
+    def deliver_finished(self) -> None:
+        """After an interruption: report what completed, in order, up to the first gap."""
+        while self.pending:
+            future = self.pending[0][0]
+            if not future.done() or future.cancelled() or future.exception() is not None:
+                return
+            self.pop()
+
 
 def run(
     loaded: LoadedModel,
@@ -209,27 +227,36 @@ def run(
     work: Sequence[tuple[InputItem, Path]],
     job: Job,
     on_record: Callable[[dict[str, Any]], None],
+    out_dir: Path,
 ) -> None:
     """Process every (input, output folder) pair, calling ``on_record`` once per input, in
     input order. Bad inputs become error records; the run goes on."""
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="vggviz-draw") as pool:
         # chain-mode maps are full resolution (up to 100 MB a layer): keep few of them waiting
         backlog = _Backlog(limit=2 if job.mode == "chain" else len(layers) + 2)
+        unfinished: set[ImageOutput] = set()
         try:
-            for batch in _batches(work, loaded, layers, job, backlog, on_record):
-                _process(batch, loaded, layers, job, pool, backlog, on_record)
+            for batch in _batches(work, out_dir, layers, job, backlog, on_record):
+                _process(batch, loaded, layers, job, pool, backlog, on_record, unfinished)
             backlog.drain()
         except BaseException:
+            # Ctrl-C or a crash: finish the picture being written, drop the queued ones,
+            # and remove the partial images, so every image folder left is complete.
             pool.shutdown(wait=True, cancel_futures=True)
+            backlog.deliver_finished()
+            for out in unfinished:
+                out.discard()
             raise
 
 
-def _batches(work, loaded, layers, job, backlog, on_record) -> Iterator[list[_Prepared]]:
+def _batches(work, out_dir, layers, job, backlog, on_record) -> Iterator[list[_Prepared]]:
     """Decoded images grouped by equal size, up to ``job.batch_size`` at a time. Skipped and
     failed inputs are reported through the backlog, so records stay in input order."""
     batch: list[_Prepared] = []
     for item, folder in work:
-        if job.skip_existing and all(p.is_file() for p in expected_files(folder, layers, job)):
+        if not _inside(folder, out_dir):
+            record = error_record(item, f"{folder}: output folder leads outside {out_dir}")
+        elif job.skip_existing and all(p.is_file() for p in expected_files(folder, layers, job)):
             record = skipped_record(item, folder)
         else:
             try:
@@ -254,15 +281,21 @@ def _batches(work, loaded, layers, job, backlog, on_record) -> Iterator[list[_Pr
         yield batch
 
 
+def _inside(folder: Path, out_dir: Path) -> bool:
+    """False when a link already in the output tree would take writes elsewhere."""
+    return folder.resolve().is_relative_to(out_dir.resolve())
+
+
 def _resolved(value: Any) -> Future[Any]:
     future: Future[Any] = Future()
     future.set_result(value)
     return future
 
 
-def _process(batch, loaded, layers, job, pool, backlog, on_record) -> None:
+def _process(batch, loaded, layers, job, pool, backlog, on_record, unfinished) -> None:
     x = torch.stack([p.tensor for p in batch]).to(loaded.device, loaded.dtype)
     outs = [ImageOutput(p.item, p.folder, p.photo, loaded, job) for p in batch]
+    unfinished.update(outs)
     if job.mode == "network":
         maps = network_maps(loaded.model, layers, x, job.stage)
         stream: Iterator[tuple[ConvLayer, torch.Tensor]] = (
@@ -275,4 +308,73 @@ def _process(batch, loaded, layers, job, pool, backlog, on_record) -> None:
         for out, fmap in zip(outs, arrays, strict=True):
             backlog.add(pool.submit(out.add_layer, layer, fmap))
     for out in outs:
-        backlog.add(pool.submit(out.finish), on_record)
+        backlog.add(pool.submit(_finish, out, unfinished), on_record)
+
+
+def _finish(out: ImageOutput, unfinished: set[ImageOutput]) -> dict[str, Any]:
+    record = out.finish()
+    unfinished.discard(out)
+    return record
+
+
+@dataclass
+class Counts:
+    ok: int = 0
+    error: int = 0
+    skipped: int = 0
+
+    @property
+    def done(self) -> int:
+        return self.ok + self.error + self.skipped
+
+    def summary(self) -> str:
+        return f"{self.ok} done, {self.error} failed, {self.skipped} skipped"
+
+
+def run_to_folder(
+    loaded: LoadedModel,
+    layers: Sequence[ConvLayer],
+    work: Sequence[tuple[InputItem, Path]],
+    job: Job,
+    out_dir: Path,
+    *,
+    run_info: dict[str, str],
+    on_record: Callable[[dict[str, Any]], None],
+    suffix: str = "",
+) -> tuple[Counts, Path]:
+    """:func:`run`, plus the run's ``manifest{suffix}.jsonl`` and ``index{suffix}.html`` in
+    ``out_dir``. Shards name theirs apart so that they can share one output folder.
+
+    Interrupted, the manifest and index still describe the images finished so far.
+    """
+    from vggviz import report
+
+    for name in (f"manifest{suffix}.jsonl", f"index{suffix}.html"):
+        writing.clean_temporaries(out_dir, name)
+    manifest = writing.JsonLines(out_dir / f"manifest{suffix}.jsonl")
+    counts = Counts()
+
+    def record_done(record: dict[str, Any]) -> None:
+        setattr(counts, record["status"], getattr(counts, record["status"]) + 1)
+        manifest.write(record)
+        on_record(record)
+
+    try:
+        run(loaded, layers, work, job, record_done, out_dir)
+    finally:
+        manifest.close()
+        records = [json.loads(line) for line in manifest.path.read_text("utf-8").splitlines()]
+        info = {
+            **run_info,
+            "done": str(counts.ok),
+            "failed": str(counts.error),
+            "skipped": str(counts.skipped),
+        }
+        index = report.write_index(
+            out_dir,
+            records,
+            title=f"vggviz: {loaded.arch}",
+            run_info=info,
+            name=f"index{suffix}.html",
+        )
+    return counts, index

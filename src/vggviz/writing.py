@@ -68,15 +68,17 @@ def save_json(obj: object, path: Path) -> Path:
     return path
 
 
-def clean_temporaries(folder: Path) -> int:
-    """Remove what a killed run left in ``folder`` (not recursive); returns how many."""
+def clean_temporaries(folder: Path, name: str = "") -> int:
+    """Remove what a killed run left in ``folder`` (not recursive), only the temporaries of
+    final names starting with ``name`` when given; returns how many."""
     removed = 0
     try:
         entries = list(os.scandir(folder))
     except OSError:
         return 0
     for entry in entries:
-        if entry.name.endswith(TMP_SUFFIX) and entry.is_file(follow_symlinks=False):
+        ours = entry.name.startswith(f".{name}") and entry.name.endswith(TMP_SUFFIX)
+        if ours and entry.is_file(follow_symlinks=False):
             Path(entry.path).unlink(missing_ok=True)
             removed += 1
     return removed
