@@ -1,4 +1,4 @@
-"""Building a torchvision VGG and putting weights into it: ImageNet, a file, or seeded random.
+"""Building a VGG and putting weights into it: ImageNet, a file, or seeded random.
 
 Only the modules the feature maps need (every conv, its BatchNorm and ReLU, the pools between
 them) get real tensors on the chosen device; the classifier is left on the meta device, which
@@ -8,22 +8,21 @@ costs no memory. Files are memory-mapped, so a 528 MB checkpoint is read only wh
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import socket
-import tempfile
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torchvision
 from torch import nn
 
+from vggviz.architectures import ARCHS, IMAGENET_FILES, vgg
 from vggviz.errors import DeviceError, UsageError, WeightsError
 from vggviz.layers import ConvLayer, find_conv_layers
+from vggviz.writing import atomic_file
 
-ARCHS = ("vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn")
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 DOWNLOAD_TIMEOUT_S = 30  # an offline compute node should fail fast, not hang
 
@@ -66,22 +65,27 @@ def check_arch(arch: str) -> str:
 
 
 def build(arch: str, device: str | torch.device = "meta") -> nn.Module:
-    """The torchvision architecture; on the meta device (the default) it costs no time or memory."""
+    """The architecture; on the meta device (the default) it costs no time or memory."""
     with torch.device(device):
-        return torchvision.models.get_model(check_arch(arch), weights=None)
+        return vgg(check_arch(arch))
+
+
+def build_random(arch: str, seed: int) -> nn.Module:
+    """Exactly ``torch.manual_seed(seed); torchvision.models.<arch>(weights=None)``."""
+    import torchvision
+
+    torch.manual_seed(seed)
+    return torchvision.models.get_model(check_arch(arch), weights=None)
 
 
 # --- ImageNet weights through torchvision's weights API and torch.hub's cache -----------------
 
-
-def imagenet_weights(arch: str) -> torchvision.models.WeightsEnum:
-    return torchvision.models.get_model_weights(check_arch(arch)).IMAGENET1K_V1
+IMAGENET_WEIGHTS = "IMAGENET1K_V1"
 
 
 def imagenet_cache_path(arch: str) -> Path:
     """Where torchvision keeps (and looks for) the ImageNet checkpoint; honours TORCH_HOME."""
-    name = os.path.basename(imagenet_weights(arch).url)
-    return Path(torch.hub.get_dir()) / "checkpoints" / name
+    return Path(torch.hub.get_dir()) / "checkpoints" / IMAGENET_FILES[check_arch(arch)]
 
 
 def download_imagenet(arch: str, progress: bool = True) -> Path:
@@ -89,11 +93,14 @@ def download_imagenet(arch: str, progress: bool = True) -> Path:
     path = imagenet_cache_path(arch)
     if path.is_file():
         return path
+    import torchvision
+
+    url = torchvision.models.get_model_weights(arch)[IMAGENET_WEIGHTS].url
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
     try:
         torch.hub.load_state_dict_from_url(
-            imagenet_weights(arch).url, progress=progress, check_hash=True, map_location="meta"
+            url, progress=progress, check_hash=True, map_location="meta"
         )
     except Exception as err:  # network, HTTP, hash and disk errors all end the same way
         raise WeightsError(
@@ -117,8 +124,8 @@ def import_weights(file: str | Path) -> tuple[str, Path]:
         target = imagenet_cache_path(arch)
         expected = target.stem.rsplit("-", 1)[-1]
         if digest.startswith(expected):
-            target.parent.mkdir(parents=True, exist_ok=True)
-            _atomic_copy(file, target)
+            with file.open("rb") as src, atomic_file(target) as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
             return arch, target
     raise WeightsError(
         f"{file}: sha256 {digest[:8]}... matches none of torchvision's VGG ImageNet checkpoints "
@@ -132,17 +139,6 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def _atomic_copy(src: Path, dst: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".part", dir=dst.parent)
-    os.close(fd)
-    try:
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _reason(err: BaseException) -> str:
@@ -176,6 +172,28 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise WeightsError(f"{path}: not a state dict (expected a mapping of names to tensors)")
     return dict(obj)
+
+
+def mappable_copy(path: Path) -> Path:
+    """``path`` if it can be memory-mapped, else a features-only copy in the current format,
+    made once in a ``vggviz`` folder beside it.
+
+    torchvision's ImageNet checkpoints are in the legacy (pre-zip) format, which must be read
+    whole (528 MB for vgg16_bn) on every run; the copy holds only the 59 MB the maps need and
+    maps in milliseconds. A cache that cannot be written just means the slow path.
+    """
+    if zipfile.is_zipfile(path):
+        return path
+    copy = path.parent / "vggviz" / f"{path.stem}-features.pt"
+    if copy.is_file() and copy.stat().st_mtime >= path.stat().st_mtime:
+        return copy
+    features = {k: v for k, v in read_state_dict(path).items() if k.startswith("features.")}
+    try:
+        with atomic_file(copy) as f:
+            torch.save(features, f)
+    except OSError:
+        return path
+    return copy
 
 
 def _guess_arch(state: Mapping[str, torch.Tensor]) -> str | None:
@@ -263,13 +281,12 @@ def load_model(
     device = resolve_device(device) if isinstance(device, str) else device
     dtype = PRECISIONS[precision]
     if weights == "random":
-        torch.manual_seed(seed)
-        model = build(arch, "cpu")
+        model = build_random(arch, seed)
         description, random = f"random (seed {seed})", True
     else:
         if weights == "imagenet":
-            path = download_imagenet(arch)
-            description = f"ImageNet ({imagenet_weights(arch).name})"
+            path = mappable_copy(download_imagenet(arch))
+            description = f"ImageNet ({IMAGENET_WEIGHTS})"
         else:
             path = Path(weights)
             description = path.name

@@ -1,0 +1,77 @@
+"""The eight VGG architectures, built without importing torchvision.
+
+``import torchvision`` costs about 3 s here (its ops pull in torch._dynamo), more than the
+whole rest of a one-photo run. Building a VGG is a table of channel counts (Simonyan &
+Zisserman, table 1), so we build the same modules under the same names as
+``torchvision.models.vgg*`` and load the same checkpoints; ``tests/test_architectures.py``
+checks the match against torchvision for every variant. torchvision is still imported
+where its own code is the point: seeded random init and downloading its weights.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+ARCHS = ("vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn")
+
+# conv widths per block; each block ends in a 2x2 max-pool
+_BLOCKS = {
+    "vgg11": [[64], [128], [256, 256], [512, 512], [512, 512]],
+    "vgg13": [[64, 64], [128, 128], [256, 256], [512, 512], [512, 512]],
+    "vgg16": [[64, 64], [128, 128], [256, 256, 256], [512, 512, 512], [512, 512, 512]],
+    "vgg19": [[64, 64], [128, 128], [256] * 4, [512] * 4, [512] * 4],
+}
+
+# torchvision's ImageNet checkpoint file names (the 8 hex digits are their sha256 prefix)
+IMAGENET_FILES = {
+    "vgg11": "vgg11-8a719046.pth",
+    "vgg11_bn": "vgg11_bn-6002323d.pth",
+    "vgg13": "vgg13-19584684.pth",
+    "vgg13_bn": "vgg13_bn-abd245e5.pth",
+    "vgg16": "vgg16-397923af.pth",
+    "vgg16_bn": "vgg16_bn-6c64b313.pth",
+    "vgg19": "vgg19-dcbb9e9d.pth",
+    "vgg19_bn": "vgg19_bn-c79401a0.pth",
+}
+
+
+class VGG(nn.Module):
+    """``features`` (convs, BN, ReLU, pools), ``avgpool`` and ``classifier``, as torchvision."""
+
+    def __init__(self, features: nn.Sequential, num_classes: int = 1000) -> None:
+        super().__init__()
+        self.features = features
+        self.avgpool = nn.AdaptiveAvgPool2d((7, 7))
+        self.classifier = nn.Sequential(
+            nn.Linear(512 * 7 * 7, 4096),
+            nn.ReLU(True),
+            nn.Dropout(p=0.5),
+            nn.Linear(4096, 4096),
+            nn.ReLU(True),
+            nn.Dropout(p=0.5),
+            nn.Linear(4096, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.avgpool(self.features(x))
+        return self.classifier(torch.flatten(x, 1))
+
+
+def vgg(arch: str) -> VGG:
+    """The module tree of ``torchvision.models.<arch>`` (default init, no pretrained weights).
+
+    Build it under ``torch.device("meta")`` to get the structure for free.
+    """
+    base, batch_norm = arch.removesuffix("_bn"), arch.endswith("_bn")
+    layers: list[nn.Module] = []
+    channels = 3
+    for block in _BLOCKS[base]:
+        for width in block:
+            layers.append(nn.Conv2d(channels, width, kernel_size=3, padding=1))
+            if batch_norm:
+                layers.append(nn.BatchNorm2d(width))
+            layers.append(nn.ReLU(inplace=True))
+            channels = width
+        layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+    return VGG(nn.Sequential(*layers))
