@@ -3,7 +3,7 @@ tutorial's conv-only chain (chain mode)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 
 import torch
@@ -20,9 +20,13 @@ class _Done(Exception):
 
 @contextmanager
 def capture(
-    model: nn.Module, layers: Sequence[ConvLayer], stage: str
+    model: nn.Module,
+    layers: Sequence[ConvLayer],
+    stage: str,
+    on_map: Callable[[ConvLayer, torch.Tensor], None] | None = None,
 ) -> Iterator[dict[str, torch.Tensor]]:
-    """Forward hooks that store each layer's map at ``stage`` in the yielded dict (by alias).
+    """Forward hooks that store each layer's map at ``stage`` in the yielded dict (by alias),
+    or hand it to ``on_map`` as soon as it is computed (so drawing can start early).
 
     Captured tensors are cloned, because VGG's ReLU works in place and would overwrite a conv
     output captured before it. The hooks are removed however the block ends.
@@ -32,10 +36,13 @@ def capture(
     handles = []
     last = layers[-1].alias if layers else None
 
-    def hook_for(alias: str):
+    def hook_for(layer: ConvLayer):
         def hook(_module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
-            maps[alias] = output.detach().clone()
-            if alias == last:
+            if on_map is None:
+                maps[layer.alias] = output.detach().clone()
+            else:
+                on_map(layer, output.detach().clone())
+            if layer.alias == last:
                 raise _Done
 
         return hook
@@ -43,7 +50,7 @@ def capture(
     try:
         for layer in layers:
             target = modules[layer.stage_module(stage)]
-            handles.append(target.register_forward_hook(hook_for(layer.alias)))
+            handles.append(target.register_forward_hook(hook_for(layer)))
         yield maps
     finally:
         for handle in handles:
@@ -51,14 +58,21 @@ def capture(
 
 
 def network_maps(
-    model: nn.Module, layers: Sequence[ConvLayer], x: torch.Tensor, stage: str = "relu"
+    model: nn.Module,
+    layers: Sequence[ConvLayer],
+    x: torch.Tensor,
+    stage: str = "relu",
+    on_map: Callable[[ConvLayer, torch.Tensor], None] | None = None,
 ) -> dict[str, torch.Tensor]:
     """The network's real activations for batch ``x``: eval mode, inference mode, and the
-    forward stopped right after the last requested layer (the classifier never runs)."""
+    forward stopped right after the last requested layer (the classifier never runs).
+
+    With ``on_map``, each map goes to it in layer order instead of into the returned dict.
+    """
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode(), capture(model, layers, stage) as maps, suppress(_Done):
+        with torch.inference_mode(), capture(model, layers, stage, on_map) as maps, suppress(_Done):
             model(x)
     finally:
         model.train(was_training)

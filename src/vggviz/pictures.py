@@ -61,9 +61,11 @@ def layer_picture(
     chosen = fmap[channels]
     bar = None
     if style.scale == "layer":
-        value_range = render.layer_range(fmap)
+        value_range = render.layer_range(chosen)
         gray = render.to_uint8(chosen, "layer", value_range)
-        bar = ColourBar(render.colormap(style.cmap), *value_range, "one scale for the whole layer")
+        bar = ColourBar(
+            render.colormap(style.cmap), *value_range, "one scale for every map of the layer"
+        )
     else:
         gray = render.to_uint8(chosen, "map")
     lut = render.colormap(style.cmap)
@@ -80,7 +82,11 @@ def layer_picture(
         if style.select == "top"
         else f"first {len(channels)} of {c} channels"
     )
-    scale = "each map on its own scale" if style.scale == "map" else "layer scale, 0.5-99.9th pct"
+    scale = (
+        "each map on its own scale"
+        if style.scale == "map"
+        else "layer scale (0.5-99.9th pct of the maps shown)"
+    )
     title = [
         f"{caption.image}  ·  {alias} ({module})  ·  {c}x{h}x{w}",
         f"{_mode_text(caption)}  ·  weights: {caption.weights}",
@@ -164,7 +170,8 @@ class OverviewRow:
     channels: list[int]
 
 
-OVERVIEW_TILE = 88
+OVERVIEW_TILE = 112
+OVERVIEW_ROW_MIN = 72  # room for the three-line row label
 OVERVIEW_MAPS = 8
 
 
@@ -175,7 +182,7 @@ def overview_tiles(
     channels = render.select_channels(fmap, count, "top")
     chosen = fmap[channels]
     if style.scale == "layer":
-        gray = render.to_uint8(chosen, "layer", render.layer_range(fmap))
+        gray = render.to_uint8(chosen, "layer", render.layer_range(chosen))
     else:
         gray = render.to_uint8(chosen, "map")
     h, w = gray.shape[1:]
@@ -191,7 +198,7 @@ def overview_picture(
 ) -> Image.Image:
     """One row per conv layer with its strongest maps, the input photo beside the title."""
     label_w = 190
-    tile_h = max(r.tiles.shape[1] for r in rows)
+    tile_h = max(OVERVIEW_ROW_MIN, *(r.tiles.shape[1] for r in rows))
     tile_w = max(r.tiles.shape[2] for r in rows)
     n = max(r.tiles.shape[0] for r in rows)
     width = label_w + n * (tile_w + PAD) + PAD
@@ -225,6 +232,6 @@ def overview_picture(
         f"{_mode_text(caption)}  ·  strongest {n} channels of every conv layer",
         "each map on its own scale"
         if style.scale == "map"
-        else "each layer on its own robust scale",
+        else "one scale per layer (0.5-99.9th pct of the maps shown)",
     ]
     return render.figure(stacked, title, None, random_warning(caption.random, caption.weights))

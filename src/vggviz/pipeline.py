@@ -12,13 +12,14 @@ import contextlib
 import json
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
 from vggviz import images, pictures, writing
 from vggviz.capture import chain_maps, network_maps
@@ -62,12 +63,21 @@ def expected_files(folder: Path, layers: Sequence[ConvLayer], job: Job) -> list[
 
 
 class ImageOutput:
-    """One image's outputs, filled layer by layer (on the worker thread)."""
+    """One image's outputs, filled layer by layer on the drawing thread; PNG encoding, the
+    slowest step, runs on the ``encoder`` threads (zlib releases the GIL)."""
 
     def __init__(
-        self, item: InputItem, folder: Path, photo: np.ndarray, loaded: LoadedModel, job: Job
+        self,
+        item: InputItem,
+        folder: Path,
+        photo: np.ndarray,
+        loaded: LoadedModel,
+        job: Job,
+        encoder: Executor,
     ) -> None:
         self.item, self.folder, self.photo, self.job = item, folder, photo, job
+        self.encoder = encoder
+        self.encoding: list[Future[Path]] = []
         self.caption = pictures.Caption(
             str(item.rel), loaded.weights, loaded.random, job.mode, job.stage
         )
@@ -92,8 +102,7 @@ class ImageOutput:
                 style=self.job.style,
                 photo=self.photo,
             )
-            path = writing.save_png(image, self.folder / picture_name(layer))
-            self.outputs.append(path)
+            path = self._save(image, self.folder / picture_name(layer))
             if self.raw:
                 self.raw.add(layer.alias, fmap)
             if self.job.overview:
@@ -105,14 +114,29 @@ class ImageOutput:
         except OSError as err:
             self.error = f"{self.folder}: cannot write ({err.strerror or err})"
 
+    def _save(self, image: Image.Image, path: Path) -> Path:
+        self.outputs.append(path)
+        self.encoding.append(self.encoder.submit(writing.save_png, image, path))
+        return path
+
+    def _wait_for_encoding(self) -> None:
+        """Wait for every PNG of this image; the first write error becomes the image's."""
+        for future in self.encoding:
+            try:
+                future.result()
+            except OSError as err:
+                self.error = self.error or f"{self.folder}: cannot write ({err.strerror or err})"
+        self.encoding = []
+
     def finish(self) -> dict[str, Any]:
         try:
+            if not self.error and self.job.overview and self.rows:
+                image = pictures.overview_picture(
+                    self.rows, self.photo, self.caption, self.job.style
+                )
+                self._save(image, self.folder / OVERVIEW)
+            self._wait_for_encoding()
             if not self.error:
-                if self.job.overview and self.rows:
-                    image = pictures.overview_picture(
-                        self.rows, self.photo, self.caption, self.job.style
-                    )
-                    self.outputs.append(writing.save_png(image, self.folder / OVERVIEW))
                 if self.raw:
                     self.outputs.append(self.raw.close())
                     self.raw = None
@@ -126,6 +150,10 @@ class ImageOutput:
 
     def discard(self) -> None:
         """Remove what this run wrote for the image: half an image's pictures mislead."""
+        for future in self.encoding:
+            future.cancel()
+        wait(self.encoding)
+        self.encoding = []
         if self.raw:
             self.raw.abort()
             self.raw = None
@@ -231,18 +259,24 @@ def run(
 ) -> None:
     """Process every (input, output folder) pair, calling ``on_record`` once per input, in
     input order. Bad inputs become error records; the run goes on."""
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="vggviz-draw") as pool:
+    with (
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="vggviz-draw") as pool,
+        ThreadPoolExecutor(max_workers=2, thread_name_prefix="vggviz-png") as encoder,
+    ):
         # chain-mode maps are full resolution (up to 100 MB a layer): keep few of them waiting
         backlog = _Backlog(limit=2 if job.mode == "chain" else len(layers) + 2)
         unfinished: set[ImageOutput] = set()
         try:
             for batch in _batches(work, out_dir, layers, job, backlog, on_record):
-                _process(batch, loaded, layers, job, pool, backlog, on_record, unfinished)
+                _process(
+                    batch, loaded, layers, job, (pool, encoder), backlog, on_record, unfinished
+                )
             backlog.drain()
         except BaseException:
             # Ctrl-C or a crash: finish the picture being written, drop the queued ones,
             # and remove the partial images, so every image folder left is complete.
             pool.shutdown(wait=True, cancel_futures=True)
+            encoder.shutdown(wait=True, cancel_futures=True)
             backlog.deliver_finished()
             for out in unfinished:
                 out.discard()
@@ -292,21 +326,23 @@ def _resolved(value: Any) -> Future[Any]:
     return future
 
 
-def _process(batch, loaded, layers, job, pool, backlog, on_record, unfinished) -> None:
+def _process(batch, loaded, layers, job, pools, backlog, on_record, unfinished) -> None:
+    pool, encoder = pools
     x = torch.stack([p.tensor for p in batch]).to(loaded.device, loaded.dtype)
-    outs = [ImageOutput(p.item, p.folder, p.photo, loaded, job) for p in batch]
+    outs = [ImageOutput(p.item, p.folder, p.photo, loaded, job, encoder) for p in batch]
     unfinished.update(outs)
-    if job.mode == "network":
-        maps = network_maps(loaded.model, layers, x, job.stage)
-        stream: Iterator[tuple[ConvLayer, torch.Tensor]] = (
-            (la, maps.pop(la.alias)) for la in layers
-        )
-    else:
-        stream = chain_maps(loaded.layers, x, layers)
-    for layer, tensor in stream:
+
+    def hand_over(layer: ConvLayer, tensor: torch.Tensor) -> None:
+        # drawing starts while the network computes the next layers
         arrays = tensor.float().cpu().numpy()
         for out, fmap in zip(outs, arrays, strict=True):
             backlog.add(pool.submit(out.add_layer, layer, fmap))
+
+    if job.mode == "network":
+        network_maps(loaded.model, layers, x, job.stage, on_map=hand_over)
+    else:
+        for layer, tensor in chain_maps(loaded.layers, x, layers):
+            hand_over(layer, tensor)
     for out in outs:
         backlog.add(pool.submit(_finish, out, unfinished), on_record)
 

@@ -55,8 +55,9 @@ def check_colormap(name: str) -> str:
 
 
 def layer_range(maps: np.ndarray) -> tuple[float, float]:
-    """Robust (0.5th, 99.9th percentile) range of a whole layer, so one hot pixel does not
-    wash out every channel. Computed on an evenly strided sample of at most 2**20 values."""
+    """Robust (0.5th, 99.9th percentile) range of a layer's maps, shared by all of them so
+    strong and weak channels can be compared; one hot pixel does not wash out the rest, and
+    at most 0.1% of the pixels clip. Computed on an evenly strided sample of <= 2**20 values."""
     flat = maps.reshape(-1)
     step = max(1, flat.size // (1 << 20))
     lo, hi = np.percentile(flat[::step], LAYER_PERCENTILES)
