@@ -76,6 +76,10 @@ def test_features_writes_one_picture_per_layer(tmp_path, photo, vgg11_bn_file) -
     assert (folder / "record.json").stat().st_mode & 0o777 == 0o644 & ~_umask()
     manifest = [json.loads(x) for x in (out / "manifest.jsonl").read_text().splitlines()]
     assert manifest == [record]
+    index = (out / "index.html").read_text()
+    assert 'src="filters-conv1.png"' in index and 'src="photo/overview.png"' in index
+    with Image.open(out / "filters-conv1.png") as im:
+        assert im.width == 8 * (96 + 6) + 6  # conv1's 64 kernels, 8x8
 
 
 def _umask() -> int:

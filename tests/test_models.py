@@ -117,7 +117,9 @@ def test_imagenet_weights_come_from_torchvisions_cache(tmp_path, monkeypatch, vg
     _assert_same_features(loaded, vgg11_random)
 
 
-def test_legacy_imagenet_checkpoints_get_a_mappable_features_copy(tmp_path, monkeypatch, vgg11_random) -> None:
+def test_legacy_imagenet_checkpoints_get_a_mappable_features_copy(
+    tmp_path, monkeypatch, vgg11_random
+) -> None:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     original = imagenet_cache_path("vgg11")
     original.parent.mkdir(parents=True)
@@ -125,7 +127,9 @@ def test_legacy_imagenet_checkpoints_get_a_mappable_features_copy(tmp_path, monk
     first = load_model("vgg11", "imagenet", device="cpu")
     copy = original.parent / "vggviz" / "vgg11-8a719046-features.pt"
     saved = torch.load(copy, weights_only=True, mmap=True)  # mmap: the current format
-    assert sorted(saved) == sorted(k for k in vgg11_random.state_dict() if k.startswith("features."))
+    assert sorted(saved) == sorted(
+        k for k in vgg11_random.state_dict() if k.startswith("features.")
+    )
     _assert_same_features(first, vgg11_random)
     original.touch()  # a newer original (re-downloaded) replaces the copy
     stamp = copy.stat().st_mtime_ns

@@ -217,7 +217,7 @@ def filters(
         vggviz filters --view channel        # the tutorial's grey picture
         vggviz filters --layer conv5 --cmap RdBu_r --scale layer
     """
-    from vggviz import pictures, writing
+    from vggviz.filters import draw_filters
     from vggviz.layers import select_layers
 
     _check_cmap(cmap)
@@ -227,29 +227,12 @@ def filters(
         raise click.BadParameter(
             f"{layer!r} names {len(picked)} layers; name one", param_hint="--layer"
         )
-    chosen = picked[0]
-    weight = chosen.module.weight.detach().float().cpu().numpy()
-    view = view or ("rgb" if weight.shape[1] == 3 else "mean")
     try:
-        image = pictures.filters_picture(
-            weight,
-            alias=chosen.alias,
-            module=chosen.name,
-            weights=loaded.weights,
-            random=loaded.random,
-            view=view,
-            channel=channel,
-            cmap=cmap,
-            scale=scale,
+        path = draw_filters(
+            loaded, picked[0], output_dir, view=view, channel=channel, cmap=cmap, scale=scale
         )
-    except ValueError as err:
-        raise click.UsageError(str(err)) from None
-    suffix = "" if view == "rgb" else f"-{view}"
-    path = output_dir / f"filters-{chosen.alias}{suffix}.png"
-    try:
-        writing.save_png(image, path)
     except OSError as err:
-        raise click.ClickException(f"{path}: cannot write ({err.strerror or err})") from None
+        raise click.ClickException(f"{output_dir}: cannot write ({err.strerror or err})") from None
     click.echo(str(path))
 
 
@@ -330,6 +313,12 @@ def _check_cmap(name: str) -> None:
     help="Also draw overview.png: every layer's strongest maps on one page.",
 )
 @click.option(
+    "--filters/--no-filters",
+    default=True,
+    show_default=True,
+    help="Also draw the model's conv1 filters once per run, shown atop index.html.",
+)
+@click.option(
     "--save-raw",
     is_flag=True,
     help="Also write maps.npz: every layer's (C, H, W) float32 map, as drawn.",
@@ -378,6 +367,7 @@ def features(
     scale,
     overlay,
     overview,
+    filters,
     save_raw,
     batch_size,
     skip_existing,
@@ -439,6 +429,7 @@ def features(
         overview=overview,
         batch_size=batch_size,
         skip_existing=skip_existing,
+        filters=filters,
     )
     run_info = {
         "arch": arch,

@@ -46,6 +46,7 @@ class Job:
     overview: bool = True
     batch_size: int = 1
     skip_existing: bool = False
+    filters: bool = True  # the run also draws conv1's filters beside its index
 
 
 def picture_name(layer: ConvLayer) -> str:
@@ -384,6 +385,7 @@ def run_to_folder(
     Interrupted, the manifest and index still describe the images finished so far.
     """
     from vggviz import report
+    from vggviz.filters import draw_filters
 
     for name in (f"manifest{suffix}.jsonl", f"index{suffix}.html"):
         writing.clean_temporaries(out_dir, name)
@@ -395,6 +397,12 @@ def run_to_folder(
         manifest.write(record)
         on_record(record)
 
+    figures = []
+    if job.filters:
+        first = loaded.layers[0]
+        figures.append(
+            (f"{first.alias} filters of this model", draw_filters(loaded, first, out_dir))
+        )
     try:
         run(loaded, layers, work, job, record_done, out_dir)
     finally:
@@ -412,5 +420,6 @@ def run_to_folder(
             title=f"vggviz: {loaded.arch}",
             run_info=info,
             name=f"index{suffix}.html",
+            figures=figures,
         )
     return counts, index

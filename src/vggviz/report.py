@@ -84,6 +84,9 @@ table.layers img, .files img { display: block; width: 160px; height: 100px; obje
   background: #eef1f5; border: 1px solid var(--line); }
 .files { display: flex; flex-wrap: wrap; gap: 10px; margin-top: 10px; font-size: 12px; }
 .files a { display: block; max-width: 162px; word-break: break-all; }
+figure.run { margin: 8px 0 16px; }
+figure.run img { max-width: min(100%, 560px); border: 1px solid var(--line); }
+figure.run figcaption { color: var(--muted); font-size: 13px; }
 """
 
 
@@ -94,18 +97,20 @@ def write_index(
     title: str,
     run_info: Mapping[str, str],
     name: str = INDEX_NAME,
+    figures: Sequence[tuple[str, str | Path]] = (),
 ) -> Path:
     """Write ``out_dir/<name>`` for ``records`` and return its path.
 
     The file is streamed to a temporary name in ``out_dir`` and moved into place
     (:func:`vggviz.writing.atomic_file`), so a reader (or a crash) never sees half a page and
     an older index survives a failed rewrite. Records may be incomplete: missing keys are
-    left out.
+    left out. ``figures`` (caption, path) are run-wide pictures shown above the images,
+    such as the model's conv1 filters.
     """
     out_dir = Path(out_dir)
     link = _linker(out_dir)
     with atomic_file(out_dir / name, "w") as fh:
-        _write_page(fh, records, title=title, run_info=run_info, link=link)
+        _write_page(fh, records, title=title, run_info=run_info, link=link, figures=figures)
     return out_dir / name
 
 
@@ -154,6 +159,7 @@ def _write_page(
     title: str,
     run_info: Mapping[str, str],
     link: Link,
+    figures: Sequence[tuple[str, str | Path]] = (),
 ) -> None:
     """Stream the page section by section, so 10,000 images never sit in memory as one str."""
     e = _esc
@@ -168,6 +174,13 @@ def _write_page(
         fh.write(f'<dl class="info">{items}</dl>\n')
     fh.write('</div></header>\n<main class="wrap">\n')
     fh.write(_summary(records))
+    for caption, path in figures:
+        href = link(path)
+        if href:
+            fh.write(
+                f'<figure class="run"><a href="{href}"><img src="{href}" alt="{e(caption)}">'
+                f"</a><figcaption>{e(caption)}</figcaption></figure>\n"
+            )
     if records:
         fh.write(_toc(records))
     for number, record in enumerate(records, 1):
