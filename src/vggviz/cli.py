@@ -384,7 +384,7 @@ def features(
 
     \b
     Example:
-        vggviz features examples/cat.jpg
+        vggviz features examples/photos/cat.jpg
         vggviz features photos/ --json --quiet | jq .status
         find photos -name '*.jpg' | vggviz features - --shard 1/4 --skip-existing
     """
