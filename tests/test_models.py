@@ -184,3 +184,13 @@ def test_cuda_asked_for_but_absent() -> None:
 def test_bf16_precision_converts_the_conv_modules(vgg11_file) -> None:
     loaded = load_model("vgg11", str(vgg11_file), device="cpu", precision="bf16")
     assert loaded.model.features[0].weight.dtype == torch.bfloat16
+
+
+def test_bf16_support_is_reported_per_device(monkeypatch) -> None:
+    from vggviz.models import bf16_is_native
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    assert not bf16_is_native(torch.device("cpu"))
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    assert bf16_is_native(torch.device("cpu"))

@@ -107,9 +107,16 @@ def model_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _load(arch: str, weights: str, seed: int, device: str, precision: str):
-    from vggviz.models import load_model
+    from vggviz.models import bf16_is_native, load_model
 
-    return load_model(arch, weights, seed=seed, device=device, precision=precision)
+    loaded = load_model(arch, weights, seed=seed, device=device, precision=precision)
+    if precision == "bf16" and not bf16_is_native(loaded.device):
+        click.echo(
+            f"vggviz: note: {loaded.device} has no bfloat16 instructions (AVX512-BF16 or AMX); "
+            "--precision bf16 will be far slower than fp32 here",
+            err=True,
+        )
+    return loaded
 
 
 def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:

