@@ -95,6 +95,19 @@ def test_a_folder_of_bad_and_odd_files(tmp_path, vgg11_bn_file) -> None:
     assert "Traceback" not in result.output
 
 
+def test_no_images_at_all_is_an_error(tmp_path, vgg11_bn_file) -> None:
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "notes.txt").write_text("hi")
+    result = run(tmp_path / "out", vgg11_bn_file, tmp_path / "docs")
+    assert result.exit_code == 1
+    assert result.stderr.strip() == (
+        f"Error: no images found in {tmp_path / 'docs'} "
+        "(passed over 0 hidden and 1 non-image file(s))"
+    )
+    empty_stdin = run(tmp_path / "out", vgg11_bn_file, "-", input="")
+    assert empty_stdin.exit_code == 1 and "no images found in -" in empty_stdin.stderr
+
+
 def test_stdin_paths_and_clashing_names(tmp_path, vgg11_bn_file) -> None:
     a = write_photo(tmp_path / "a" / "dog.png")
     b = write_photo(tmp_path / "b" / "dog.png", seed=1)

@@ -13,26 +13,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-ARCHS = ("vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn")
+from vggviz.catalog import ARCHS, IMAGENET_FILES
 
-# conv widths per block; each block ends in a 2x2 max-pool
+__all__ = ["ARCHS", "IMAGENET_FILES", "VGG", "vgg"]
+
+# conv widths per block; each block ends in a 2x2 max-pool (Simonyan & Zisserman, table 1)
 _BLOCKS = {
     "vgg11": [[64], [128], [256, 256], [512, 512], [512, 512]],
     "vgg13": [[64, 64], [128, 128], [256, 256], [512, 512], [512, 512]],
     "vgg16": [[64, 64], [128, 128], [256, 256, 256], [512, 512, 512], [512, 512, 512]],
     "vgg19": [[64, 64], [128, 128], [256] * 4, [512] * 4, [512] * 4],
-}
-
-# torchvision's ImageNet checkpoint file names (the 8 hex digits are their sha256 prefix)
-IMAGENET_FILES = {
-    "vgg11": "vgg11-8a719046.pth",
-    "vgg11_bn": "vgg11_bn-6002323d.pth",
-    "vgg13": "vgg13-19584684.pth",
-    "vgg13_bn": "vgg13_bn-abd245e5.pth",
-    "vgg16": "vgg16-397923af.pth",
-    "vgg16_bn": "vgg16_bn-6c64b313.pth",
-    "vgg19": "vgg19-dcbb9e9d.pth",
-    "vgg19_bn": "vgg19_bn-c79401a0.pth",
 }
 
 

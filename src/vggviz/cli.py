@@ -21,6 +21,7 @@ from typing import Any
 import click
 
 from vggviz import __version__
+from vggviz.catalog import ARCHS
 from vggviz.errors import UsageError, VggvizError
 
 OK, FAILED, USAGE, INTERRUPTED, TERMINATED = 0, 1, 2, 130, 143
@@ -34,7 +35,6 @@ def _on_sigterm(_signum: int, _frame: object) -> None:
     raise Terminated
 
 
-ARCHS = ("vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn")
 DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 GRID_RE = re.compile(r"^(all|[1-9]\d*x[1-9]\d*)$")
 
@@ -404,6 +404,9 @@ def features(
 
     shard_kn = inputs.parse_shard(shard) if shard else None
     found = inputs.discover(images)
+    if not found.items and not found.problems:
+        passed = f" (passed over {found.hidden} hidden and {found.not_images} non-image file(s))"
+        raise click.ClickException(f"no images found in {' '.join(images)}" + passed)
     folders = inputs.output_dirs(found.items, output_dir)
     work = list(zip(found.items, folders, strict=True))
     if shard_kn:
