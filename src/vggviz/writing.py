@@ -33,6 +33,10 @@ def _umask() -> int:
 FILE_MODE = 0o666 & ~_umask()  # what open() would give; mkstemp's 0600 would hide outputs
 
 
+def _encoding(mode: str) -> str | None:
+    return None if "b" in mode else "utf-8"  # never the locale's: names can be any unicode
+
+
 def _temporary(path: Path) -> tuple[int, str]:
     """A new temporary file beside ``path``, with ordinary file permissions."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -46,7 +50,7 @@ def atomic_file(path: Path, mode: str = "wb") -> Iterator[IO[Any]]:
     """Open a temporary file beside ``path``; rename it to ``path`` only if the block succeeds."""
     fd, tmp = _temporary(path)
     try:
-        with os.fdopen(fd, mode) as f:
+        with os.fdopen(fd, mode, encoding=_encoding(mode)) as f:
             yield f
         os.replace(tmp, path)
     except BaseException:
@@ -85,46 +89,50 @@ def clean_temporaries(folder: Path, name: str = "") -> int:
     return removed
 
 
-class NpzWriter:
+class _Staged:
+    """A file filled piece by piece under a temporary name; ``close`` puts it in place,
+    ``abort`` throws it away."""
+
+    def __init__(self, path: Path, mode: str) -> None:
+        self.path = path
+        fd, self._tmp = _temporary(path)
+        self._file: IO[Any] = os.fdopen(fd, mode, encoding=_encoding(mode))
+
+    def _finish(self) -> None:
+        self._file.close()
+
+    def close(self) -> Path:
+        self._finish()
+        os.replace(self._tmp, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        self._finish()
+        Path(self._tmp).unlink(missing_ok=True)
+
+
+class NpzWriter(_Staged):
     """An ``.npz`` written one array at a time, so the maps of all layers are never held at
     once; readable with ``np.load`` like any ``np.savez`` file."""
 
     def __init__(self, path: Path) -> None:
-        self.path = path
-        fd, self._tmp = _temporary(path)
-        os.close(fd)
-        self._zip = zipfile.ZipFile(self._tmp, "w", compression=zipfile.ZIP_STORED)
+        super().__init__(path, "wb")
+        self._zip = zipfile.ZipFile(self._file, "w", compression=zipfile.ZIP_STORED)
 
     def add(self, name: str, array: np.ndarray) -> None:
         with self._zip.open(f"{name}.npy", "w", force_zip64=True) as f:
             np.lib.format.write_array(f, np.ascontiguousarray(array), allow_pickle=False)
 
-    def close(self) -> Path:
+    def _finish(self) -> None:
         self._zip.close()
-        os.replace(self._tmp, self.path)
-        return self.path
-
-    def abort(self) -> None:
-        self._zip.close()
-        Path(self._tmp).unlink(missing_ok=True)
+        self._file.close()
 
 
-class JsonLines:
+class JsonLines(_Staged):
     """A JSON Lines file filled record by record and put in place by ``close``."""
 
     def __init__(self, path: Path) -> None:
-        self.path = path
-        fd, self._tmp = _temporary(path)
-        self._file = os.fdopen(fd, "w", encoding="utf-8")
+        super().__init__(path, "w")
 
     def write(self, record: dict[str, Any]) -> None:
         self._file.write(json.dumps(record, ensure_ascii=False) + "\n")
-
-    def close(self) -> Path:
-        self._file.close()
-        os.replace(self._tmp, self.path)
-        return self.path
-
-    def abort(self) -> None:
-        self._file.close()
-        Path(self._tmp).unlink(missing_ok=True)
