@@ -7,17 +7,21 @@ out=${2:-outputs/batch}
 vggviz=${VGGVIZ:-vggviz}
 
 # --skip-existing: a rerun after Ctrl-C or a crash only does what is missing.
-# --json: one line per image on stdout; progress and errors go to stderr.
+# Errors go to stderr, one line per bad image; exit 1 means some failed, the others are done.
 status=0
-"$vggviz" features "$photos" -o "$out" --skip-existing --json --quiet "${@:3}" > "$out.jsonl" || status=$?
+"$vggviz" features "$photos" -o "$out" --skip-existing --quiet "${@:3}" || status=$?
 
-# Exit 1 means some images failed (each was named on stderr); the others are done.
-python3 - "$out.jsonl" <<'PY'
+# The run's manifest holds one JSON record per image (the same as --json prints).
+python3 - "$out/manifest.jsonl" <<'PY'
 import json, sys
-for line in open(sys.argv[1]):
+for line in open(sys.argv[1], encoding="utf-8"):
     r = json.loads(line)
-    top = {l["name"]: l["channels"][0] for l in r.get("layers", [])}
-    print(f'{r["status"]:8} {r["input"]}  strongest channel of conv13: {top.get("conv13", "-")}')
+    layers = r.get("layers") or []
+    if layers:
+        detail = f'{layers[-1]["name"]}: strongest channel #{layers[-1]["channels"][0]}'
+    else:
+        detail = r.get("error", "")
+    print(f'{r["status"]:8} {r["input"]}  {detail}')
 PY
 echo "pictures: $out/  index: $out/index.html"
 exit "$status"

@@ -305,3 +305,38 @@ def test_interrupt_stops_cleanly(tmp_path, vgg11_bn_file, twelve_photos, sig, co
     assert all((f / "record.json").is_file() for f in folders)
     assert not [p for p in out.rglob("*") if p.name.endswith(TMP_SUFFIX)]
     assert os.path.exists(out / "index.html")
+
+
+def test_the_example_batch_script_runs(tmp_path, vgg11_bn_file) -> None:
+    script = Path(__file__).parent.parent / "examples" / "batch.sh"
+    photos = tmp_path / "photos"
+    write_photo(photos / "one.png")
+    (photos / "broken.jpg").write_bytes(b"")
+    vggviz = Path(sys.executable).parent / "vggviz"
+    env = {**os.environ, "VGGVIZ": str(vggviz) if vggviz.exists() else "vggviz"}
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [
+            "bash",
+            str(script),
+            str(photos),
+            str(out),
+            "--arch",
+            "vgg11_bn",
+            "--weights",
+            str(vgg11_bn_file),
+            "--size",
+            "32",
+            "--layers",
+            "conv1",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert done.returncode == 1, done.stderr  # one broken input
+    lines = done.stdout.splitlines()
+    assert lines[0] == f"error    {photos / 'broken.jpg'}  {photos / 'broken.jpg'}: empty file"
+    assert lines[1].startswith(f"ok       {photos / 'one.png'}  conv1: strongest channel #")
+    assert lines[2] == f"pictures: {out}/  index: {out}/index.html"
