@@ -15,13 +15,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[test]'
 	touch $@
 
-## demo: set up, then draw the filters and the feature maps of the photos in examples/
+## demo: set up, then draw conv1's filters and the feature maps of the photos in examples/
 demo: $(STAMP)
 	@if $(BIN)/vggviz weights --arch $(ARCH) >/dev/null 2>&1; then W=imagenet; \
 	elif $(BIN)/vggviz weights download --arch $(ARCH); then W=imagenet; \
 	else echo "demo: ImageNet weights unavailable (offline?): drawing with --weights random instead;"; \
 	     echo "      the pictures say so in their titles. Fetch them with: $(BIN)/vggviz weights download"; W=random; fi; \
-	$(BIN)/vggviz filters --arch $(ARCH) --weights $$W -o $(OUT) && \
 	$(BIN)/vggviz features examples/photos/ --arch $(ARCH) --weights $$W -o $(OUT) && \
 	echo "demo: pictures are in $(OUT)/ (open $(OUT)/index.html or $(OUT)/cat/overview.png)"
 
