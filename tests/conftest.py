@@ -88,3 +88,9 @@ def write_photo(path: Path, height: int = 48, width: int = 64, seed: int = 0) ->
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(photo_array(height, width, seed)).save(path)
     return path
+
+
+def load_npz(path: Path) -> dict[str, np.ndarray]:
+    """Every array of an ``.npz``, with the file closed again."""
+    with np.load(path) as archive:
+        return {name: archive[name] for name in archive.files}

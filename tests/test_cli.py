@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import write_photo
+from conftest import load_npz, write_photo
 from PIL import Image
 
 from vggviz import images
@@ -94,8 +94,8 @@ def test_save_raw_holds_exactly_the_network_maps(tmp_path, photo, vgg11_bn_file)
     out = tmp_path / "out"
     result = features(out, vgg11_bn_file, photo, "--save-raw", "--stage", "bn", "--json")
     assert result.exit_code == 0, result.output
-    raw = np.load(out / "photo" / "maps.npz")
-    assert sorted(raw.files) == sorted(f"conv{i}" for i in range(1, 9))
+    raw = load_npz(out / "photo" / "maps.npz")
+    assert sorted(raw) == sorted(f"conv{i}" for i in range(1, 9))
     loaded = load_model("vgg11_bn", str(vgg11_bn_file), device="cpu")
     x = images.to_array(images.resize_for_model(images.load_rgb(photo), 32), True)
     expected = network_maps(loaded.model, loaded.layers, torch.from_numpy(x)[None], "bn")
@@ -125,7 +125,7 @@ def test_chain_mode_is_the_tutorials_computation(tmp_path, photo, vgg11_bn_file)
         "--json",
     )
     assert result.exit_code == 0, result.output
-    raw = np.load(out / "photo" / "maps.npz")
+    raw = load_npz(out / "photo" / "maps.npz")
     loaded = load_model("vgg11_bn", str(vgg11_bn_file), device="cpu")
     x = images.to_array(images.resize_for_model(images.load_rgb(photo), 32), False)
     for layer, tensor in chain_maps(loaded.layers, torch.from_numpy(x)[None], loaded.layers[:3]):

@@ -232,8 +232,9 @@ class _Backlog:
             self.pop()
 
     def pop(self) -> None:
-        future, done = self.pending.popleft()
-        result = future.result()
+        future, done = self.pending[0]
+        result = future.result()  # a Ctrl-C while waiting leaves the entry for deliver_finished
+        self.pending.popleft()
         if done:
             done(result)
 
