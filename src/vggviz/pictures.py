@@ -37,7 +37,7 @@ class Caption:
 
 def random_warning(caption_random: bool, weights: str) -> str | None:
     if caption_random:
-        return f"RANDOM WEIGHTS, {weights}: these maps show no learned features"
+        return f"RANDOM WEIGHTS, {weights}: nothing in this picture was learned"
     return None
 
 
