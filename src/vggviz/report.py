@@ -85,7 +85,7 @@ table.layers img, .files img { display: block; width: 160px; height: 100px; obje
 .files { display: flex; flex-wrap: wrap; gap: 10px; margin-top: 10px; font-size: 12px; }
 .files a { display: block; max-width: 162px; word-break: break-all; }
 figure.run { margin: 8px 0 16px; }
-figure.run img { max-width: min(100%, 560px); border: 1px solid var(--line); }
+figure.run img { max-width: min(100%, 380px); border: 1px solid var(--line); }
 figure.run figcaption { color: var(--muted); font-size: 13px; }
 """
 
