@@ -98,6 +98,15 @@ def test_layer_picture_map_scale_and_first_selection() -> None:
     assert px[top + pad + 200, x].tolist() == [255, 255, 255]
 
 
+def test_grid_all_keeps_the_picture_a_sensible_size() -> None:
+    fmap = np.random.default_rng(0).random((512, 14, 14), dtype=np.float32)
+    image, channels = _layer_picture(fmap, pictures.Style(grid="all"))
+    assert len(channels) == 512
+    tile = 14 * 11  # 23 columns: tiles shrink from 224 to 3600 // 23 = 156 -> 14 x 11
+    assert image.width == 23 * (tile + render.PAD) + render.PAD
+    assert render.tile_factor(14, 14, 4) == 16.0  # a 4x4 grid keeps 224-pixel tiles
+
+
 def test_random_weights_are_announced_in_the_title() -> None:
     fmap = np.random.default_rng(0).random((8, 10, 10), dtype=np.float32)
     warn = np.array([255, 170, 60])

@@ -74,7 +74,7 @@ def layer_picture(
         tiles = np.stack([render.overlay(photo, lut[m], m) for m in heat])
     else:
         tiles = render.colourize(gray, lut)
-    tiles = render.resize_tiles(tiles, render.tile_factor(*tiles.shape[1:3]))
+    tiles = render.resize_tiles(tiles, render.tile_factor(*tiles.shape[1:3], cols))
     body = Image.fromarray(render.grid(tiles, rows, cols))
     render.label_tiles(body, [f"#{i}" for i in channels], (tiles.shape[2], tiles.shape[1]), cols)
     chosen_how = (

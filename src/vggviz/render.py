@@ -22,6 +22,7 @@ MUTED = (160, 160, 170)
 PAD = 4
 TILE_TARGET = 224  # small maps are enlarged (nearest) to about this many pixels
 TILE_MAX = 768  # huge maps are reduced to at most this many pixels
+GRID_WIDTH = 3600  # widest grid row, in pixels, before tiles shrink
 LAYER_PERCENTILES = (0.5, 99.9)  # robust ends of a layer-wide scale
 
 
@@ -98,13 +99,16 @@ def select_channels(maps: np.ndarray, count: int, how: str) -> list[int]:
 # --- tiles and grids -------------------------------------------------------------------------
 
 
-def tile_factor(height: int, width: int) -> float:
+def tile_factor(height: int, width: int, columns: int = 4) -> float:
     """Zoom that brings a map near TILE_TARGET: whole-number enlargement (crisp pixels) for
-    small maps, reduction only for maps over TILE_MAX."""
+    small maps, reduction only for maps over TILE_MAX; wide grids (``--grid all``) get
+    smaller tiles so that a row stays within GRID_WIDTH pixels."""
+    target = min(TILE_TARGET, max(48, GRID_WIDTH // columns))
+    most = max(target, min(TILE_MAX, GRID_WIDTH // columns))
     longest = max(height, width)
-    if longest <= TILE_TARGET:
-        return float(max(1, TILE_TARGET // longest))
-    return min(1.0, TILE_MAX / longest)
+    if longest <= target:
+        return float(max(1, target // longest))
+    return min(1.0, most / longest)
 
 
 def resize_tiles(tiles: np.ndarray, factor: float) -> np.ndarray:
