@@ -61,16 +61,19 @@ def _check_weights(_ctx: click.Context, _param: click.Parameter, value: str) -> 
     raise click.BadParameter(f"{value!r}: expected imagenet, random or a .pth/.pt file")
 
 
+arch_option = click.option(
+    "--arch",
+    type=click.Choice(ARCHS),
+    default="vgg16_bn",
+    show_default=True,
+    help="torchvision VGG architecture.",
+)
+
+
 def model_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """--arch, --weights, --seed, --device, --precision: shared by every model command."""
     options = [
-        click.option(
-            "--arch",
-            type=click.Choice(ARCHS),
-            default="vgg16_bn",
-            show_default=True,
-            help="torchvision VGG architecture.",
-        ),
+        arch_option,
         click.option(
             "--weights",
             default="imagenet",
@@ -149,13 +152,7 @@ def cli() -> None:
 
 
 @cli.command()
-@click.option(
-    "--arch",
-    type=click.Choice(ARCHS),
-    default="vgg16_bn",
-    show_default=True,
-    help="torchvision VGG architecture.",
-)
+@arch_option
 @click.option(
     "--size",
     type=click.IntRange(32, 4096),
@@ -573,7 +570,7 @@ def weights(ctx: click.Context, arch: str | None) -> None:
 
 
 @weights.command("download")
-@click.option("--arch", type=click.Choice(ARCHS), default="vgg16_bn", show_default=True)
+@arch_option
 @handle_errors
 def weights_download(arch: str) -> None:
     """Fetch the ImageNet weights into torchvision's cache (TORCH_HOME).
