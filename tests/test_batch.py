@@ -244,7 +244,14 @@ def _start(tmp_path: Path, weights: Path, folder: Path, *extra: str) -> subproce
         "--save-raw",
         *extra,
     ]
-    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # a shell running the tests in the background ignores SIGINT, and children inherit that
+    return subprocess.Popen(
+        argv,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
 
 
 def _wait_for_records(out: Path, n: int, proc: subprocess.Popen, timeout: float = 120) -> None:
