@@ -70,6 +70,16 @@ arch_option = click.option(
 )
 
 
+output_dir_option = click.option(
+    "-o",
+    "--output-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("outputs"),
+    show_default=True,
+    help="Folder for the pictures (created if missing).",
+)
+
+
 def model_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """--arch, --weights, --seed, --device, --precision: shared by every model command."""
     options = [
@@ -202,13 +212,7 @@ def info(arch: str, size: int) -> None:
     show_default=True,
     help="map: each kernel on its own scale; layer: one scale for all.",
 )
-@click.option(
-    "-o",
-    "--output-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("outputs"),
-    show_default=True,
-)
+@output_dir_option
 @handle_errors
 def filters(
     arch, weights, seed, device, precision, layer, view, channel, cmap, scale, output_dir
@@ -345,13 +349,7 @@ def _check_cmap(name: str) -> None:
     "--json", "as_json", is_flag=True, help="One JSON object per input on stdout (JSON Lines)."
 )
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary on stderr.")
-@click.option(
-    "-o",
-    "--output-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("outputs"),
-    show_default=True,
-)
+@output_dir_option
 @handle_errors
 def features(
     images,

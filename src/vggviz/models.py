@@ -292,24 +292,20 @@ def load_model(
         raise UsageError(f"--precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
     device = resolve_device(device) if isinstance(device, str) else device
     dtype = PRECISIONS[precision]
+    state: dict[str, torch.Tensor] | None = None
     if weights == "random":
         model = build_random(arch, seed)
-        description, random = f"random (seed {seed})", True
+        description = f"random (seed {seed})"
     else:
-        if weights == "imagenet":
-            path = mappable_copy(download_imagenet(arch))
-            description = f"ImageNet ({IMAGENET_WEIGHTS})"
-        else:
-            path = Path(weights)
-            description = path.name
+        path = mappable_copy(download_imagenet(arch)) if weights == "imagenet" else Path(weights)
+        description = f"ImageNet ({IMAGENET_WEIGHTS})" if weights == "imagenet" else path.name
         state = read_state_dict(path)
         model = build(arch, "meta")
-        layers = find_conv_layers(model)
-        _fit(model, state, arch, str(path), _needed_modules(model, layers))
-        model.load_state_dict(state, strict=False, assign=True)
-        random = False
     layers = find_conv_layers(model)
     needed = _needed_modules(model, layers)
+    if state is not None:
+        _fit(model, state, arch, str(path), needed)
+        model.load_state_dict(state, strict=False, assign=True)  # same module objects
     keep = {id(m) for _, m in needed}
     for _, module in model.named_modules():
         if list(module.children()):
@@ -322,4 +318,4 @@ def load_model(
                 setattr(module, key, torch.zeros((), dtype=buf.dtype))
         module.to(device=device, dtype=dtype)
     model.eval().requires_grad_(False)
-    return LoadedModel(model, arch, description, random, device, dtype, layers)
+    return LoadedModel(model, arch, description, state is None, device, dtype, layers)

@@ -60,14 +60,11 @@ def layer_picture(
     rows = min(rows, -(-len(channels) // cols))
     chosen = fmap[channels]
     bar = None
-    if style.scale == "layer":
-        value_range = render.layer_range(chosen)
-        gray = render.to_uint8(chosen, "layer", value_range)
+    gray, value_range = render.scaled(chosen, style.scale)
+    if value_range is not None:
         bar = ColourBar(
             render.colormap(style.cmap), *value_range, "one scale for every map of the layer"
         )
-    else:
-        gray = render.to_uint8(chosen, "map")
     lut = render.colormap(style.cmap)
     if style.overlay and photo is not None:
         heat = render.upsample(gray, photo.shape[:2])
@@ -181,10 +178,7 @@ def overview_tiles(
     """The strongest ``count`` maps of a layer as small square-ish colour tiles."""
     channels = render.select_channels(fmap, count, "top")
     chosen = fmap[channels]
-    if style.scale == "layer":
-        gray = render.to_uint8(chosen, "layer", render.layer_range(chosen))
-    else:
-        gray = render.to_uint8(chosen, "map")
+    gray, _ = render.scaled(chosen, style.scale)
     h, w = gray.shape[1:]
     f = OVERVIEW_TILE / max(h, w)
     size = (max(1, round(w * f)), max(1, round(h * f)))

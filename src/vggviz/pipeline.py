@@ -361,10 +361,6 @@ class Counts:
     error: int = 0
     skipped: int = 0
 
-    @property
-    def done(self) -> int:
-        return self.ok + self.error + self.skipped
-
     def summary(self) -> str:
         return f"{self.ok} done, {self.error} failed, {self.skipped} skipped"
 

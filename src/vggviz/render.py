@@ -85,6 +85,14 @@ def to_uint8(
     return (np.clip(out, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
+def scaled(maps: np.ndarray, scale: str) -> tuple[np.ndarray, tuple[float, float] | None]:
+    """Maps to 0..255 by ``scale``, with the shared range when there is one (``layer``)."""
+    if scale == "map":
+        return to_uint8(maps, "map"), None
+    value_range = layer_range(maps)
+    return to_uint8(maps, "layer", value_range), value_range
+
+
 def select_channels(maps: np.ndarray, count: int, how: str) -> list[int]:
     """Indices of ``count`` channels of (C, H, W): the first ones, or the ``top`` ones by
     mean activation (strongest first; ties keep channel order)."""
