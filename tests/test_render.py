@@ -107,6 +107,16 @@ def test_grid_all_keeps_the_picture_a_sensible_size() -> None:
     assert render.tile_factor(14, 14, 4) == 16.0  # a 4x4 grid keeps 224-pixel tiles
 
 
+def test_titles_are_never_cut_off() -> None:
+    fmap = np.random.default_rng(0).random((4, 14, 14), dtype=np.float32)
+    image, _ = _layer_picture(fmap, pictures.Style(grid="1x2", overlay=True), random=True)
+    px = np.asarray(image).astype(int)
+    title_rows = px[: image.height - (224 + 2 * render.PAD)]
+    text = np.abs(title_rows - np.array(render.BACKGROUND)).sum(axis=-1) > 60
+    columns = np.nonzero(text.any(axis=0))[0]
+    assert columns.max() < image.width - render.PAD  # the last text column has a margin after it
+
+
 def test_random_weights_are_announced_in_the_title() -> None:
     fmap = np.random.default_rng(0).random((8, 10, 10), dtype=np.float32)
     warn = np.array([255, 170, 60])

@@ -8,6 +8,7 @@ than one matplotlib subplot per tile.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -200,8 +201,11 @@ def figure(
 ) -> Image.Image:
     """Body under a title block (first line large), an optional warning line and colour bar."""
     body_img = body if isinstance(body, Image.Image) else Image.fromarray(body)
-    width = max(body_img.width, 520)
     big, small = font(22), font(15)
+    # wide enough for every line of text: a narrow grid must not cut its title off
+    lines = [(big, title[0]), *((small, t) for t in [*title[1:], warning or ""])]
+    text_width = max(f.getlength(t) for f, t in lines) + 2 * (PAD + 6)
+    width = max(body_img.width, 520, math.ceil(text_width))
     heights = [30] + [21] * (len(title) - 1) + ([22] if warning else []) + ([40] if bar else [])
     top = 10 + sum(heights) + 6
     canvas = Image.new("RGB", (width, top + body_img.height), BACKGROUND)
