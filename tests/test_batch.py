@@ -121,7 +121,7 @@ def test_stdin_paths_and_clashing_names(tmp_path, vgg11_bn_file) -> None:
     folders = [r["folder"] for r in got]
     assert len(set(folders)) == 4
     assert all(Path(f).parent == out for f in folders)
-    assert Path(folders[3]).name == "-odd näme"
+    assert Path(folders[3]).name == "-odd näme_png"
 
 
 def test_json_goes_to_stdout_and_nothing_else_does(tmp_path, photo, vgg11_bn_file) -> None:
@@ -159,14 +159,14 @@ def test_skip_existing_resumes(tmp_path, vgg11_bn_file) -> None:
     out = tmp_path / "out"
     first = run(out, vgg11_bn_file, folder, "--json", "--layers", "conv1,conv2")
     assert first.exit_code == 0
-    (out / "p1" / "02-conv2.png").unlink()
-    (out / "p2" / f".01-conv1.png.abc123{TMP_SUFFIX}").write_bytes(b"partial")  # a killed run's
+    (out / "p1_png" / "02-conv2.png").unlink()
+    (out / "p2_png" / f".01-conv1.png.abc123{TMP_SUFFIX}").write_bytes(b"partial")  # a killed run's
     again = run(out, vgg11_bn_file, folder, "--json", "--layers", "conv1,conv2", "--skip-existing")
     assert again.exit_code == 0
     got = records(again)
     assert [r["status"] for r in got] == ["skipped", "ok", "skipped"]
     assert got[0]["layers"] == records(first)[0]["layers"]  # from the earlier record.json
-    assert (out / "p1" / "02-conv2.png").is_file()
+    assert (out / "p1_png" / "02-conv2.png").is_file()
     assert "1 done, 0 failed, 2 skipped" in again.stderr
     # a changed layer selection is not "all outputs present"
     third = run(out, vgg11_bn_file, folder, "--json", "--layers", "conv3", "--skip-existing")
@@ -182,7 +182,7 @@ def test_nothing_is_written_outside_the_output_folder(tmp_path, vgg11_bn_file) -
     (inputs / "link").symlink_to(elsewhere, target_is_directory=True)
     out = tmp_path / "work" / "out"
     out.mkdir(parents=True)
-    (out / "trap").symlink_to(elsewhere, target_is_directory=True)  # an old link in the output
+    (out / "trap_png").symlink_to(elsewhere, target_is_directory=True)  # an old link in the output
     write_photo(tmp_path / "trap.png")
     before = {p for p in tmp_path.rglob("*") if out not in p.parents and p != out}
     result = run(
@@ -191,7 +191,7 @@ def test_nothing_is_written_outside_the_output_folder(tmp_path, vgg11_bn_file) -
     after = {p for p in tmp_path.rglob("*") if out not in p.parents and p != out}
     assert after == before
     by_input = {r["input"]: r for r in records(result)}
-    assert by_input[str(inputs / "link" / "far.png")]["folder"] == str(out / "link" / "far")
+    assert by_input[str(inputs / "link" / "far.png")]["folder"] == str(out / "link" / "far_png")
     trap = by_input[str(tmp_path / "trap.png")]
     assert trap["status"] == "error" and "leads outside" in trap["error"]
     assert result.exit_code == 1
@@ -216,8 +216,8 @@ def test_batches_give_the_same_maps(tmp_path, vgg11_bn_file) -> None:
     assert one.exit_code == four.exit_code == 0
     for name in ("s0", "s1", "s2", "s9_other_size"):
         a, b = (
-            load_npz(tmp_path / "one" / name / "maps.npz"),
-            load_npz(tmp_path / "four" / name / "maps.npz"),
+            load_npz(tmp_path / "one" / f"{name}_png" / "maps.npz"),
+            load_npz(tmp_path / "four" / f"{name}_png" / "maps.npz"),
         )
         for key in ("conv2", "conv8"):
             np.testing.assert_allclose(a[key], b[key], rtol=1e-4, atol=1e-4)

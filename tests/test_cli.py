@@ -55,7 +55,7 @@ def test_features_writes_one_picture_per_layer(tmp_path, photo, vgg11_bn_file) -
     out = tmp_path / "out"
     result = features(out, vgg11_bn_file, photo, "--json")
     assert result.exit_code == 0, result.output
-    folder = out / "photo"
+    folder = out / "photo_png"
     assert sorted(p.name for p in folder.iterdir()) == sorted(
         [*VGG11_PICTURES, "overview.png", "record.json"]
     )
@@ -77,7 +77,7 @@ def test_features_writes_one_picture_per_layer(tmp_path, photo, vgg11_bn_file) -
     manifest = [json.loads(x) for x in (out / "manifest.jsonl").read_text().splitlines()]
     assert manifest == [record]
     index = (out / "index.html").read_text()
-    assert 'src="filters-conv1.png"' in index and 'src="photo/overview.png"' in index
+    assert 'src="filters-conv1.png"' in index and 'src="photo_png/overview.png"' in index
     with Image.open(out / "filters-conv1.png") as im:
         assert im.width == 8 * (96 + 6) + 6  # conv1's 64 kernels, 8x8
 
@@ -94,7 +94,7 @@ def test_save_raw_holds_exactly_the_network_maps(tmp_path, photo, vgg11_bn_file)
     out = tmp_path / "out"
     result = features(out, vgg11_bn_file, photo, "--save-raw", "--stage", "bn", "--json")
     assert result.exit_code == 0, result.output
-    raw = load_npz(out / "photo" / "maps.npz")
+    raw = load_npz(out / "photo_png" / "maps.npz")
     assert sorted(raw) == sorted(f"conv{i}" for i in range(1, 9))
     loaded = load_model("vgg11_bn", str(vgg11_bn_file), device="cpu")
     x = images.to_array(images.resize_for_model(images.load_rgb(photo), 32), True)
@@ -125,7 +125,7 @@ def test_chain_mode_is_the_tutorials_computation(tmp_path, photo, vgg11_bn_file)
         "--json",
     )
     assert result.exit_code == 0, result.output
-    raw = load_npz(out / "photo" / "maps.npz")
+    raw = load_npz(out / "photo_png" / "maps.npz")
     loaded = load_model("vgg11_bn", str(vgg11_bn_file), device="cpu")
     x = images.to_array(images.resize_for_model(images.load_rgb(photo), 32), False)
     for layer, tensor in chain_maps(loaded.layers, torch.from_numpy(x)[None], loaded.layers[:3]):
@@ -152,8 +152,8 @@ def test_a_bad_input_is_named_and_the_others_are_done(tmp_path, vgg11_bn_file) -
     ]
     assert "1 done, 2 failed, 0 skipped" in result.stderr
     assert "Traceback" not in result.output
-    assert (out / "good" / "record.json").is_file()
-    assert not (out / "bad").exists()
+    assert (out / "good_png" / "record.json").is_file()
+    assert not (out / "bad_jpg").exists()
 
 
 def test_random_weights_and_filters(tmp_path) -> None:

@@ -14,7 +14,6 @@ from vggviz.inputs import (
     Discovery,
     InputItem,
     discover,
-    output_dirs,
     parse_shard,
     shard,
 )
@@ -202,145 +201,12 @@ def test_unlistable_folder_is_reported_and_walk_goes_on(
     assert all(type(p) is InputError for p in found.problems)
 
 
-# --- output folders ---------------------------------------------------------------------
+# --- sharding helpers -------------------------------------------------------------------
 
 
 def item(path: str, rel: str | None = None, source: str | None = None) -> InputItem:
     p = Path(path)
     return InputItem(path=p, source=source or path, rel=PurePosixPath(rel or p.name))
-
-
-def sha8(text: str) -> str:
-    return hashlib.sha1(text.encode()).hexdigest()[:8]
-
-
-def assert_inside(dirs: list[Path], out: Path) -> None:
-    root = out.resolve()
-    for d in dirs:
-        assert d.resolve().is_relative_to(root), d
-        assert d.resolve() != root, d
-
-
-def test_output_dirs_mirror_the_tree(tree: Path, tmp_path: Path) -> None:
-    out = tmp_path / "out"
-    dirs = output_dirs(discover([str(tree)]).items, out)
-    assert dirs == [
-        out / "B",
-        out / "a",
-        out / "broken",
-        out / "sub" / "deep" / "-dash",
-        out / "sub" / "deep" / "my photo",
-        out / "sub" / "ünï",
-        out / "x.jpg" / "inner",
-    ]
-
-
-def test_same_stem_in_one_folder(tmp_path: Path) -> None:
-    out = tmp_path / "out"
-    items = [item("p/cat.png", "cat.png", "p"), item("p/cat.jpg", "cat.jpg", "p")]
-    assert output_dirs(items, out) == [out / "cat_png", out / "cat"]
-
-
-def test_second_choice_taken_falls_back_to_hash(tmp_path: Path) -> None:
-    out = tmp_path / "out"
-    items = [
-        item("p/cat.png", "cat.png", "p"),
-        item("p/cat_png.jpg", "cat_png.jpg", "p"),
-        item("p/cat.jpg", "cat.jpg", "p"),
-    ]
-    assert output_dirs(items, out) == [
-        out / f"cat_png_{sha8('p/cat.png')}",
-        out / "cat_png",
-        out / "cat",
-    ]
-
-
-def test_same_name_from_two_folders_given_as_files(tmp_path: Path) -> None:
-    out = tmp_path / "out"
-    a, b, c = item("a/dog.jpg"), item("b/dog.jpg"), item("c/dog.jpg")
-    assert output_dirs([b, a], out) == [out / "dog_jpg", out / "dog"]
-    assert output_dirs([a, b, c], out) == [
-        out / "dog",
-        out / "dog_jpg",
-        out / f"dog_jpg_{sha8('c/dog.jpg')}",
-    ]
-
-
-def test_names_differing_only_in_case_do_not_share_a_folder(tmp_path: Path) -> None:
-    out = tmp_path / "out"
-    items = [item("p/cat.png", "cat.png"), item("p/Cat.jpg", "Cat.jpg")]
-    assert output_dirs(items, out) == [out / "cat_png", out / "Cat"]
-
-
-def test_item_folder_never_contains_another_items_folder(tmp_path: Path) -> None:
-    """t/a.jpg would own out/a, which is also where t/a/b.jpg's folder lives."""
-    touch(tmp_path / "t" / "a.jpg")
-    touch(tmp_path / "t" / "a" / "b.jpg")
-    out = tmp_path / "out"
-    found = discover([str(tmp_path / "t")])
-    assert rels(found) == ["a/b.jpg", "a.jpg"]
-    assert output_dirs(found.items, out) == [out / "a" / "b", out / "a_jpg"]
-
-
-def test_parent_relative_argument_stays_inside(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    touch(tmp_path / "x.jpg")
-    (tmp_path / "work").mkdir()
-    monkeypatch.chdir(tmp_path / "work")
-    out = Path("out")
-    found = discover(["../x.jpg"])
-    assert rels(found) == ["x.jpg"]
-    dirs = output_dirs(found.items, out)
-    assert dirs == [out / "x"]
-    assert_inside(dirs, out)
-
-
-def test_hostile_rels_stay_inside(tmp_path: Path) -> None:
-    out = tmp_path / "out"
-    items = [
-        item("/abs.png", "/etc/abs.png"),
-        item("e.png", "../../evil.png"),
-        item("d.png", "...png"),  # stem ".." must not climb out
-        item("dot", "."),
-        item("dd", ".."),
-    ]
-    dirs = output_dirs(items, out)
-    # "." and ".." both come down to "_"; "dd" sorts first and keeps it.
-    assert dirs == [
-        out / "etc" / "abs",
-        out / "evil",
-        out / "__",
-        out / f"__{sha8('dot')}",
-        out / "_",
-    ]
-    assert len(set(dirs)) == len(dirs)
-    assert_inside(dirs, out)
-
-
-def test_symlinked_inputs_land_under_the_links_name(tmp_path: Path) -> None:
-    touch(tmp_path / "elsewhere" / "pic.png")
-    top = tmp_path / "top"
-    top.mkdir()
-    (top / "link").symlink_to(tmp_path / "elsewhere")
-    (tmp_path / "shortcut.png").symlink_to(tmp_path / "elsewhere" / "pic.png")
-    out = tmp_path / "out"
-    found = discover([str(top), str(tmp_path / "shortcut.png")])
-    dirs = output_dirs(found.items, out)
-    assert dirs == [out / "link" / "pic", out / "shortcut"]
-    assert_inside(dirs, out)
-
-
-def test_output_dirs_distinct_and_deterministic(tree: Path, tmp_path: Path) -> None:
-    deep = tree / "sub" / "deep"
-    found = discover([str(tree), str(deep / "-dash.png"), str(deep), str(tree / "x.jpg")])
-    # deep and x.jpg were walked inside the tree already; -dash.png alone has a new rel
-    assert rels(found) == [*TREE_RELS, "-dash.png"]
-    out = tmp_path / "out"
-    dirs = output_dirs(found.items, out)
-    assert len(set(dirs)) == len(dirs) == 8
-    assert dirs == output_dirs(list(found.items), out)
-    assert_inside(dirs, out)
 
 
 # --- sharding ---------------------------------------------------------------------------

@@ -16,3 +16,11 @@ IMAGENET_FILES = {
     "vgg19": "vgg19-dcbb9e9d.pth",
     "vgg19_bn": "vgg19_bn-c79401a0.pth",
 }
+
+# Picture defaults that depend on the mode: chain mode reproduces the tutorial's picture
+# (first 16 channels, grey, each map stretched on its own); network mode shows the most active
+# channels on one honest scale per layer.
+STYLE_DEFAULTS = {
+    "network": {"select": "top", "cmap": "inferno", "scale": "layer"},
+    "chain": {"select": "first", "cmap": "gray", "scale": "map"},
+}

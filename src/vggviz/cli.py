@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import os
 import re
 import signal
@@ -24,7 +23,7 @@ from vggviz import __version__
 from vggviz.catalog import ARCHS
 from vggviz.errors import UsageError, VggvizError
 
-OK, FAILED, USAGE, INTERRUPTED, TERMINATED = 0, 1, 2, 130, 143
+OK, FAILED, USAGE, INTERRUPTED, PIPE_CLOSED, TERMINATED = 0, 1, 2, 130, 141, 143
 
 
 class Terminated(KeyboardInterrupt):
@@ -37,14 +36,6 @@ def _on_sigterm(_signum: int, _frame: object) -> None:
 
 DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 GRID_RE = re.compile(r"^(all|[1-9]\d*x[1-9]\d*)$")
-
-# Defaults that depend on --mode: chain mode reproduces the tutorial's picture exactly
-# (first 16 channels, grey, each map stretched on its own); network mode shows the most
-# active channels on one honest scale per layer.
-STYLE_DEFAULTS = {
-    "network": {"select": "top", "cmap": "inferno", "scale": "layer"},
-    "chain": {"select": "first", "cmap": "gray", "scale": "map"},
-}
 
 
 def _check_device(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
@@ -380,75 +371,47 @@ def features(
 ) -> None:
     """Draw, for each image and each conv layer, a grid of the layer's feature maps.
 
-    IMAGES are files or folders (walked recursively); - reads paths from stdin. Each image
-    gets a folder in the output directory holding 01-conv1.png ... 13-conv13.png, an
-    overview.png and record.json; the run writes manifest.jsonl and index.html.
+    IMAGES are files or folders (walked recursively); - reads paths from stdin (one per line,
+    or NUL-separated as from find -print0). Each image gets a folder in the output directory
+    (cat.jpg -> cat_jpg/) holding 01-conv1.png ... 13-conv13.png, an overview.png and
+    record.json (written last); the run writes manifest.jsonl and index.html.
 
     \b
     Example:
         vggviz features examples/photos/cat.jpg
         vggviz features photos/ --json --quiet | jq .status
-        find photos -name '*.jpg' | vggviz features - --shard 1/4 --skip-existing
+        find photos -name '*.jpg' -print0 | vggviz features - --shard 1/4 --skip-existing
     """
     if not GRID_RE.match(grid.strip().lower()):
         raise click.BadParameter(f"{grid!r}: expected RxC (like 4x4) or all", param_hint="--grid")
-    defaults = STYLE_DEFAULTS[mode]
-    cmap = cmap or defaults["cmap"]
-    _check_cmap(cmap)
-    from vggviz import inputs
+    from vggviz import features as job
 
-    shard_kn = inputs.parse_shard(shard) if shard else None
-    found = inputs.discover(images)
-    if not found.items and not found.problems:
-        passed = f" (passed over {found.hidden} hidden and {found.not_images} non-image file(s))"
-        raise click.ClickException(f"no images found in {' '.join(images)}" + passed)
-    folders = inputs.output_dirs(found.items, output_dir)
-    work = list(zip(found.items, folders, strict=True))
-    if shard_kn:
-        mine = {id(item) for item in inputs.shard(found.items, *shard_kn)}
-        work = [(item, folder) for item, folder in work if id(item) in mine]
-    if found.hidden or found.not_images:
-        _note(quiet, f"passed over {found.hidden} hidden and {found.not_images} non-image file(s)")
-
-    from vggviz import pictures, pipeline
-    from vggviz.layers import select_layers
-
-    loaded = _load(arch, weights, seed, device, precision)
-    layers = select_layers(loaded.layers, layer_spec)
-    if mode == "network":
-        for layer in layers:
-            layer.stage_module(stage)  # refuse --stage bn on a model without BatchNorm now
-    job = pipeline.Job(
+    request = job.Request(
+        images=images,
+        out_dir=output_dir,
+        arch=arch,
+        weights=weights,
+        seed=seed,
+        device=device,
+        precision=precision,
         mode=mode,
         stage=stage,
         size=size,
         normalize=normalize,
-        style=pictures.Style(
-            select=select or defaults["select"],
-            grid=grid.strip().lower(),
-            cmap=cmap,
-            scale=scale or defaults["scale"],
-            overlay=overlay,
-        ),
-        save_raw=save_raw,
+        layers=layer_spec,
+        select=select,
+        grid=grid,
+        cmap=cmap,
+        scale=scale,
+        overlay=overlay,
         overview=overview,
+        filters=filters,
+        save_raw=save_raw,
         batch_size=batch_size,
         skip_existing=skip_existing,
-        filters=filters,
+        shard=shard,
     )
-    run_info = {
-        "arch": arch,
-        "weights": loaded.weights,
-        "mode": mode,
-        "stage": stage if mode == "network" else "-",
-        "device": str(loaded.device),
-        "precision": precision,
-        "date": time.strftime("%Y-%m-%d %H:%M"),
-    }
-    status = _run_features(
-        loaded, layers, work, job, output_dir, shard_kn, as_json, quiet, run_info, found.problems
-    )
-    sys.exit(status)
+    sys.exit(_run_features(request, as_json, quiet))
 
 
 def _note(quiet: bool, message: str) -> None:
@@ -456,74 +419,132 @@ def _note(quiet: bool, message: str) -> None:
         click.echo(f"vggviz: {message}", err=True)
 
 
-def _run_features(
-    loaded,
-    layers,
-    work,
-    job,
-    output_dir: Path,
-    shard_kn,
-    as_json: bool,
-    quiet: bool,
-    run_info: dict[str, str],
-    problems,
-) -> int:
-    from vggviz import pipeline
+class _Signals:
+    """SIGINT and SIGTERM become a request to stop, polled by the job between steps, once the
+    job is running; before that (imports, model loading) they interrupt as usual."""
 
-    for problem in problems:  # folders that could not be listed
-        click.echo(f"error: {problem}", err=True)
-    show_bar = not quiet and sys.stderr.isatty() and len(work) > 1
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self.running = False
+        self.pipe_closed = False
+
+    def __enter__(self) -> _Signals:
+        self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+    def _handle(self, signum: int, _frame: object) -> None:
+        self.received = self.received or signum
+        if not self.running:
+            raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+
+    def stop(self) -> bool:
+        return self.received is not None or self.pipe_closed
+
+
+def _run_features(request, as_json: bool, quiet: bool) -> int:
+    from vggviz import features as job
+
+    show_bar = not quiet and sys.stderr.isatty()
     started = time.perf_counter()
-    finished = [0]
-    bar = (
-        click.progressbar(
-            length=len(work),
-            label="images",
-            file=sys.stderr,
-            show_eta=True,
-            show_percent=False,
-            show_pos=True,
-            item_show_func=lambda _: _rate(finished[0], started),
-        )
-        if show_bar
-        else None
-    )
+    state: dict[str, Any] = {"bar": None, "done": 0}
 
-    def on_record(record: dict[str, Any]) -> None:
-        finished[0] += 1
+    def on_start(total: int) -> None:
+        signals.running = True
+        if show_bar and total > 1:
+            state["bar"] = click.progressbar(
+                length=total,
+                label="images",
+                file=sys.stderr,
+                show_eta=True,
+                show_percent=False,
+                show_pos=True,
+                item_show_func=lambda _: _rate(state["done"], started),
+            )
+
+    def on_record(record) -> None:
+        state["done"] += 1
+        bar = state["bar"]
         if record["status"] == "error":
             if bar:
                 click.echo("", err=True)  # keep the message off the bar's line
-            click.echo(f"error: {record['error']}", err=True)
-        if as_json:
-            click.echo(json.dumps(record, ensure_ascii=False))
+            click.echo(f"error: {_shown(record['error'])}", err=True)
+        if as_json and not signals.pipe_closed:
+            _emit(records_dumps(record), signals)
         if bar:
             bar.update(1)
 
-    suffix = f"-shard-{shard_kn[0]}-of-{shard_kn[1]}" if shard_kn else ""
-    try:
-        with bar if bar else contextlib.nullcontext():
-            counts, index = pipeline.run_to_folder(
-                loaded,
-                layers,
-                work,
-                job,
-                output_dir,
-                run_info=run_info,
-                on_record=on_record,
-                suffix=suffix,
-            )
-    except KeyboardInterrupt as stop:
-        click.echo(f"\ninterrupted: {finished[0]} of {len(work)} image(s) finished", err=True)
-        return TERMINATED if isinstance(stop, Terminated) else INTERRUPTED
-    failed = counts.error + len(problems)
-    if not quiet:
+    hooks = job.Hooks(
+        on_record=on_record,
+        on_start=on_start,
+        on_note=lambda text: _note(quiet, text),
+        should_stop=lambda: signals.stop(),
+    )
+    with _Signals() as signals:
+        try:
+            summary = job.run(request, hooks)
+        finally:
+            if state["bar"] is not None:
+                state["bar"].render_finish()
+    for problem in summary.problems:  # folders that could not be listed
+        click.echo(f"error: {_shown(problem)}", err=True)
+    failed = summary.error + len(summary.problems)
+    if signals.pipe_closed:
+        return PIPE_CLOSED  # stdout's reader is gone: stop quietly, as cat does
+    if summary.disk_full:
         click.echo(
-            f"{counts.summary()} · pictures in {output_dir}{os.sep} · open {index}", err=True
+            f"error: {_shown(summary.disk_full)}: stopped after {summary.finished} of "
+            f"{summary.total} image(s)",
+            err=True,
+        )
+        return FAILED
+    if not summary.complete:
+        click.echo(
+            f"interrupted: {summary.finished} of {summary.total} image(s) finished", err=True
+        )
+        return TERMINATED if signals.received == signal.SIGTERM else INTERRUPTED
+    if not quiet:
+        where = summary.index or request.out_dir
+        click.echo(
+            f"{summary.line()} · pictures in {_shown(str(request.out_dir))}{os.sep} · "
+            f"open {_shown(str(where))}",
+            err=True,
         )
     elif failed:
-        click.echo(counts.summary(), err=True)
+        click.echo(summary.line(), err=True)
     return FAILED if failed else OK
+
+
+def records_dumps(record: Any) -> str:
+    from vggviz.records import dumps
+
+    return dumps(record)
+
+
+def _shown(text: str) -> str:
+    from vggviz.records import display
+
+    return display(text)
+
+
+def _emit(line: str, signals: _Signals) -> None:
+    """One line on stdout; a reader that went away ends the run quietly."""
+    try:
+        click.echo(line)
+    except BrokenPipeError:
+        signals.pipe_closed = True
+        _silence_stdout()
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so that nothing more (not even the final flush) fails."""
+    with contextlib.suppress(OSError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 def _rate(done: int, started: float) -> str:
@@ -600,11 +621,11 @@ def weights_import(file: Path) -> None:
 
 def main() -> None:
     """Console entry point: exit codes 0 ok, 1 failed inputs or errors, 2 usage, 130 Ctrl-C,
-    143 SIGTERM."""
+    141 stdout closed early, 143 SIGTERM."""
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         code = cli.main(prog_name="vggviz", standalone_mode=False)
-    except SystemExit as done:  # commands that set their own exit code; click on EPIPE
+    except SystemExit as done:  # commands that set their own exit code
         code = done.code
     except click.ClickException as err:
         err.show()
@@ -613,11 +634,36 @@ def main() -> None:
         click.echo("interrupted", err=True)
         code = TERMINATED if isinstance(stop.__cause__ or stop, Terminated) else INTERRUPTED
     except BrokenPipeError:
-        code = OK  # a closed pipe (vggviz ... | head) is not an error worth a traceback
+        _silence_stdout()
+        code = PIPE_CLOSED  # vggviz ... | head: end quietly, as cat does
+    except OSError as err:  # stdout on a full device, say
+        click.echo(f"Error: cannot write to standard output ({_reason(err)})", err=True)
+        code = FAILED
     code = code if isinstance(code, int) else OK
+    code = _flush(code)
     if "torch" in sys.modules:
         _exit_now(code)
     sys.exit(code)
+
+
+def _reason(err: OSError) -> str:
+    from vggviz.errors import os_reason
+
+    return os_reason(err)
+
+
+def _flush(code: int) -> int:
+    """Flush stdout now, where its errors can still be told apart and reported."""
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _silence_stdout()
+        return code or PIPE_CLOSED
+    except OSError as err:
+        _silence_stdout()
+        click.echo(f"Error: cannot write to standard output ({_reason(err)})", err=True)
+        return code or FAILED
+    return code
 
 
 def _exit_now(code: int) -> None:

@@ -28,3 +28,21 @@ class InputError(VggvizError):
         self.path = str(path)
         self.reason = reason
         super().__init__(f"{self.path}: {reason}")
+
+
+class OutputError(VggvizError):
+    """The run's own outputs (folder, manifest, index, filters picture) cannot be written."""
+
+
+def os_reason(err: OSError) -> str:
+    """The short reason of an OS error, as a user reads it: "no space left on device"."""
+    if err.strerror:
+        return err.strerror[0].lower() + err.strerror[1:]
+    return str(err) or type(err).__name__
+
+
+def write_error(path: object, err: OSError) -> str:
+    """``<path>: cannot write (<reason>)``, for any OS error while writing."""
+    from vggviz.records import display
+
+    return f"{display(str(path))}: cannot write ({os_reason(err)})"

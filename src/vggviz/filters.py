@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vggviz import pictures, writing
+from vggviz import pictures, records, writing
 from vggviz.errors import UsageError
 from vggviz.layers import ConvLayer
 from vggviz.models import LoadedModel
@@ -20,8 +20,9 @@ def draw_filters(
     channel: int = 0,
     cmap: str = "gray",
     scale: str = "map",
+    suffix: str = "",
 ) -> Path:
-    """Write ``filters-<alias>[-<view>].png`` in ``out_dir`` and return its path.
+    """Write ``filters-<alias>[-<view>][<suffix>].png`` in ``out_dir`` and return its path.
 
     ``view`` defaults to ``rgb`` for a layer that reads 3 channels (conv1 reads the photo,
     so its kernels are colours) and to ``mean`` elsewhere.
@@ -42,5 +43,5 @@ def draw_filters(
         )
     except ValueError as err:
         raise UsageError(str(err)) from None
-    suffix = "" if view == "rgb" else f"-{view}"
-    return writing.save_png(image, out_dir / f"filters-{layer.alias}{suffix}.png")
+    name = records.filters_name(layer.alias, view).removesuffix(".png") + f"{suffix}.png"
+    return writing.save_png(image, out_dir / name)

@@ -8,14 +8,13 @@ and where it goes.
 from __future__ import annotations
 
 import hashlib
-import itertools
 import os
 import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import TextIO
+from typing import BinaryIO
 
 from vggviz.errors import InputError, UsageError
 from vggviz.images import IMAGE_EXTENSIONS
@@ -45,18 +44,28 @@ class Discovery:
     """Folders that could not be listed while walking (the rest of the walk goes on)."""
 
 
-def discover(args: Sequence[str], stdin: TextIO | None = None) -> Discovery:
+def discover(
+    args: Sequence[str], stdin: BinaryIO | None = None, exclude: Path | None = None
+) -> Discovery:
     """Expand file and folder arguments into image items, in argument order.
 
     A file argument is always an item, whatever its name and even if missing, because the
-    user asked for it; the loader reports problems later. ``"-"`` reads one path per line
-    from ``stdin`` (``sys.stdin`` when None); blank lines are skipped. Folders are walked
-    recursively in name order, following symlinks but walking each folder only once, and
-    skipping hidden entries and files without an image extension (counted, not silent).
+    user asked for it; the loader reports problems later. ``"-"`` reads paths from ``stdin``
+    (``sys.stdin``'s bytes when None): one per line, or NUL-separated when the list holds a
+    NUL (``find -print0``); blank lines are skipped. Folders are walked recursively in name
+    order, following symlinks but walking each folder only once, and skipping hidden entries,
+    files without an image extension (counted, not silent) and the folder ``exclude`` (the
+    run's own output folder, whose pictures must never become inputs).
     """
     found = Discovery(items=[], hidden=0, not_images=0)
     seen_items: set[tuple[str, PurePosixPath]] = set()
     seen_dirs: set[tuple[int, int]] = set()
+    if exclude is not None:
+        try:
+            st = exclude.stat()
+            seen_dirs.add((st.st_dev, st.st_ino))  # as if already walked
+        except OSError:
+            pass
 
     def add(path: Path, source: str, rel: PurePosixPath) -> None:
         key = (os.path.realpath(path), rel)
@@ -64,7 +73,7 @@ def discover(args: Sequence[str], stdin: TextIO | None = None) -> Discovery:
             seen_items.add(key)
             found.items.append(InputItem(path=path, source=source, rel=rel))
 
-    stream = sys.stdin if stdin is None else stdin
+    stream = sys.stdin.buffer if stdin is None else stdin
     for arg in args:
         for name in _stdin_lines(stream) if arg == "-" else [arg]:
             if name == "":
@@ -77,10 +86,18 @@ def discover(args: Sequence[str], stdin: TextIO | None = None) -> Discovery:
     return found
 
 
-def _stdin_lines(stream: TextIO) -> list[str]:
-    """Paths from a list, one per line; only the line ending is stripped (spaces are legal)."""
-    lines = (line.rstrip("\r\n") for line in stream)
-    return [line for line in lines if line.strip()]
+def _stdin_lines(stream: BinaryIO) -> list[str]:
+    """Paths from a list, one per line, or NUL-separated if the list holds a NUL (no path can
+    contain one). Only line endings are stripped (spaces are legal); bytes that are not UTF-8
+    are kept as the OS would (``os.fsdecode``)."""
+    data = stream.read()
+    if isinstance(data, str):
+        data = os.fsencode(data)
+    if b"\0" in data:
+        names = data.split(b"\0")
+    else:
+        names = [line.rstrip(b"\r") for line in data.split(b"\n")]
+    return [os.fsdecode(name) for name in names if name.strip()]
 
 
 def _walk(
@@ -116,7 +133,7 @@ def _walk(
         path, rel = nxt
         if path.name.startswith("."):
             found.hidden += 1
-        elif _is_dir(path):
+        elif _is_dir(path):  # the output folder is among the folders already seen
             enter(path, rel)
         elif path.suffix.lower() in IMAGE_EXTENSIONS:
             add(path, source, rel)  # broken symlinks too, so the user hears about them
@@ -140,80 +157,6 @@ def _folder_reason(exc: OSError) -> str:
 def _fs_bytes(text: str) -> bytes:
     """Encode a path string as the OS would, so undecodable names still hash."""
     return os.fsencode(text)
-
-
-def _sha1_hex(text: str) -> str:
-    return hashlib.sha1(_fs_bytes(text)).hexdigest()
-
-
-def output_dirs(items: Sequence[InputItem], out_dir: Path) -> list[Path]:
-    """One distinct output folder per item, always inside ``out_dir``.
-
-    The folder is ``out_dir / rel.parent / rel.stem`` with ``..``, ``.`` and absolute parts
-    dropped. Items that would share a folder are sorted by path: the first keeps ``stem``,
-    the others get ``stem_ext``, then ``stem_ext_<sha1 of path, 8 hex>``. A folder that
-    would also be the parent of another item's folder is renamed the same way. Names are
-    compared case-insensitively, for case-insensitive file systems. Computed from the whole
-    list, so call it before sharding and every shard agrees.
-    """
-    parts = [_safe_parts(item.rel) for item in items]
-    wanted = [(*p[:-1], _stem(p[-1])) for p in parts]
-    ancestors = {_key(w[:i]) for w in wanted for i in range(1, len(w))}
-
-    by_key: dict[str, list[int]] = {}
-    for i, w in enumerate(wanted):
-        by_key.setdefault(_key(w), []).append(i)
-
-    chosen: dict[int, tuple[str, ...]] = {}
-    used = set(ancestors)
-    renamed: list[int] = []
-    for key, members in by_key.items():
-        members.sort(key=lambda i: (str(items[i].path), i))
-        if key in ancestors:
-            renamed.extend(members)
-        else:
-            chosen[members[0]] = wanted[members[0]]
-            used.add(key)
-            renamed.extend(members[1:])
-
-    renamed.sort(key=lambda i: (str(items[i].path), i))
-    for i in renamed:
-        *parent, stem = wanted[i]
-        ext = PurePosixPath(parts[i][-1]).suffix[1:]
-        digest = _sha1_hex(str(items[i].path))[:8]
-        name = next(c for c in _alternatives(stem, ext, digest) if _key((*parent, c)) not in used)
-        chosen[i] = (*parent, name)
-        used.add(_key(chosen[i]))
-
-    return [out_dir.joinpath(*chosen[i]) for i in range(len(items))]
-
-
-def _alternatives(stem: str, ext: str, digest: str) -> Iterator[str]:
-    """Folder names to try, in order, for an item that lost its first choice."""
-    base = f"{stem}_{ext}" if ext else stem
-    if ext:
-        yield base
-    yield f"{base}_{digest}"
-    for n in itertools.count(2):  # only if sha1 prefixes collide too
-        yield f"{base}_{digest}_{n}"
-
-
-def _safe_parts(rel: PurePosixPath) -> tuple[str, ...]:
-    """Drop parts that could climb out of the output folder; never return nothing."""
-    kept = tuple(p for p in rel.parts if p not in ("", ".", "..") and "/" not in p)
-    return kept or ("_",)
-
-
-def _stem(name: str) -> str:
-    """File name without its extension, made safe to use as a folder name."""
-    stem = PurePosixPath(name).stem
-    if stem.strip("."):
-        return stem
-    return stem.replace(".", "_") or "_"  # "", "." and ".." would not be a folder of its own
-
-
-def _key(parts: Sequence[str]) -> str:
-    return "/".join(parts).casefold()
 
 
 _SHARD = re.compile(r"\s*([0-9]+)\s*/\s*([0-9]+)\s*")

@@ -1,18 +1,21 @@
-"""The ``features`` job: images in, one picture per conv layer (plus overview, raw maps and a
-record) out, for any number of images with flat memory.
+"""The engine of the ``features`` job: (input, folder) pairs in, finished image folders and one
+record per input out, with flat memory however many inputs there are.
 
-The main thread decodes images and runs the network; a single worker thread draws and writes
-the pictures of one image while the next is computed. Each image's files are written
-atomically and its ``record.json`` last, so a folder with a record is complete.
+The main thread decodes images and runs the network; one drawing thread draws an image's
+pictures while the next is computed, and two encoder threads deflate the PNGs (zlib releases
+the GIL). A stop (Ctrl-C, SIGTERM, a full disk) is a flag polled between layers and between
+images, never an exception thrown into the middle of a step: whatever is under way is either
+finished or removed, and every record already made is delivered.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
+import errno
+import os
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Executor, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,16 +24,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vggviz import images, pictures, writing
+from vggviz import images, pictures, records, writing
 from vggviz.capture import chain_maps, network_maps
-from vggviz.errors import InputError
+from vggviz.errors import InputError, write_error
 from vggviz.inputs import InputItem
 from vggviz.layers import ConvLayer
 from vggviz.models import LoadedModel
+from vggviz.records import Record
 
-RECORD = "record.json"
-OVERVIEW = "overview.png"
-RAW = "maps.npz"
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 @dataclass(frozen=True)
@@ -46,55 +48,58 @@ class Job:
     overview: bool = True
     batch_size: int = 1
     skip_existing: bool = False
-    filters: bool = True  # the run also draws conv1's filters beside its index
+    fingerprint: str = ""  # of everything above that shapes the outputs (records.fingerprint)
 
 
-def picture_name(layer: ConvLayer) -> str:
-    """``01-conv1.png``: file names sort in layer order."""
-    return f"{layer.index:02d}-{layer.alias}.png"
-
-
-def expected_files(folder: Path, layers: Sequence[ConvLayer], job: Job) -> list[Path]:
-    files = [folder / picture_name(layer) for layer in layers]
-    if job.overview:
-        files.append(folder / OVERVIEW)
-    if job.save_raw:
-        files.append(folder / RAW)
-    return [*files, folder / RECORD]
+class Stopped(Exception):
+    """Raised from a hook to leave the forward pass early when a stop was asked for."""
 
 
 class ImageOutput:
-    """One image's outputs, filled layer by layer on the drawing thread; PNG encoding, the
-    slowest step, runs on the ``encoder`` threads (zlib releases the GIL)."""
+    """One image's outputs, filled layer by layer on the drawing thread while this run holds
+    the image's folder; PNG encoding runs on the ``encoder`` threads."""
 
     def __init__(
         self,
         item: InputItem,
-        folder: Path,
+        claim: records.Claim,
         photo: np.ndarray,
+        ident: records.Identity,
         loaded: LoadedModel,
         job: Job,
         encoder: Executor,
     ) -> None:
-        self.item, self.folder, self.photo, self.job = item, folder, photo, job
-        self.encoder = encoder
+        self.item, self.claim, self.folder, self.photo = item, claim, claim.folder, photo
+        self.ident, self.job, self.encoder = ident, job, encoder
         self.encoding: list[Future[Path]] = []
         self.caption = pictures.Caption(
-            str(item.rel), loaded.weights, loaded.random, job.mode, job.stage
+            records.display(str(item.rel)), loaded.weights, loaded.random, job.mode, job.stage
         )
         self.outputs: list[Path] = []
-        self.layers: list[dict[str, Any]] = []
+        self.layers: list[records.LayerStats] = []
         self.rows: list[pictures.OverviewRow] = []
         self.error: str | None = None
-        self.raw = None
-        writing.clean_temporaries(folder)
-        if job.save_raw:
-            self.raw = writing.NpzWriter(folder / RAW)
+        self.disk_full = False
+        self.abandoned = False
+        self.raw: writing.NpzWriter | None = None
+
+    def start(self) -> None:
+        """Empty the folder of an earlier run's outputs, its record first: a kill from here on
+        leaves a folder without a record, which every later run redoes."""
+        owned = sorted(records.owned_files(self.folder), key=lambda p: p.name != records.RECORD)
+        for path in owned:
+            path.unlink(missing_ok=True)
+        writing.clean_temporaries(self.folder)
+        if self.job.save_raw:
+            self.raw = writing.NpzWriter(self.folder / records.RAW)
 
     def add_layer(self, layer: ConvLayer, fmap: np.ndarray) -> None:
-        if self.error:
+        if self.error or self.abandoned:
             return
         try:
+            finite = bool(np.isfinite(fmap).all())
+            if not finite:  # overflowing weights: draw what is finite, and say so
+                fmap = _finite(fmap)
             image, channels = pictures.layer_picture(
                 fmap,
                 alias=layer.alias,
@@ -103,7 +108,7 @@ class ImageOutput:
                 style=self.job.style,
                 photo=self.photo,
             )
-            path = self._save(image, self.folder / picture_name(layer))
+            path = self._save(image, self.folder / records.picture_name(layer.index, layer.alias))
             if self.raw:
                 self.raw.add(layer.alias, fmap)
             if self.job.overview:
@@ -111,9 +116,14 @@ class ImageOutput:
                 self.rows.append(
                     pictures.OverviewRow(layer.alias, layer.name, fmap.shape, tiles, top)
                 )
-            self.layers.append(_layer_stats(layer, fmap, channels, path))
+            self.layers.append(_layer_stats(layer, fmap, finite, channels, path))
         except OSError as err:
-            self.error = f"{self.folder}: cannot write ({err.strerror or err})"
+            self._failed(err)
+
+    def _failed(self, err: OSError) -> None:
+        if not self.error:
+            self.error = write_error(err.filename or self.folder, err)
+            self.disk_full = err.errno in DISK_FULL
 
     def _save(self, image: Image.Image, path: Path) -> Path:
         self.outputs.append(path)
@@ -121,205 +131,134 @@ class ImageOutput:
         return path
 
     def _wait_for_encoding(self) -> None:
-        """Wait for every PNG of this image; the first write error becomes the image's."""
         for future in self.encoding:
             try:
                 future.result()
             except OSError as err:
-                self.error = self.error or f"{self.folder}: cannot write ({err.strerror or err})"
+                self._failed(err)
         self.encoding = []
 
-    def finish(self) -> dict[str, Any]:
+    def finish(self) -> Record | None:
+        """Write the overview and the record (last); on any failure remove what this run
+        wrote. Returns the image's record, or None when it was abandoned."""
         try:
-            if not self.error and self.job.overview and self.rows:
+            if not (self.error or self.abandoned) and self.job.overview and self.rows:
                 image = pictures.overview_picture(
                     self.rows, self.photo, self.caption, self.job.style
                 )
-                self._save(image, self.folder / OVERVIEW)
+                self._save(image, self.folder / records.OVERVIEW)
             self._wait_for_encoding()
-            if not self.error:
+            if not (self.error or self.abandoned):
                 if self.raw:
                     self.outputs.append(self.raw.close())
                     self.raw = None
-                record = self.record("ok")
-                writing.save_json(record, self.folder / RECORD)
+                record = self.record()
+                writing.save_json(record, self.folder / records.RECORD)
+                self.claim.release()
                 return record
         except OSError as err:
-            self.error = f"{self.folder}: cannot write ({err.strerror or err})"
+            self._failed(err)
         self.discard()
-        return error_record(self.item, self.error or "failed")
+        if self.abandoned:
+            return None
+        return error_record(self.item, self.error or "failed", disk_full=self.disk_full)
 
     def discard(self) -> None:
-        """Remove what this run wrote for the image: half an image's pictures mislead."""
-        for future in self.encoding:
-            future.cancel()
-        wait(self.encoding)
-        self.encoding = []
+        """Remove what this run wrote for the image (half an image's pictures mislead) and
+        give the folder up, removing it if that leaves it empty."""
+        self._wait_for_encoding()
         if self.raw:
             self.raw.abort()
             self.raw = None
         for path in self.outputs:
-            path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                path.unlink(missing_ok=True)
         self.outputs = []
-        with contextlib.suppress(OSError):
-            self.folder.rmdir()  # only if nothing else is in it
+        self.claim.release(remove_folder=True)
 
-    def record(self, status: str) -> dict[str, Any]:
+    def record(self) -> Record:
+        nonfinite = any(layer["nonfinite"] for layer in self.layers)
         return {
             "input": str(self.item.path),
-            "status": status,
+            "status": "ok",
             "folder": str(self.folder),
             "size": list(self.photo.shape[:2]),
-            "outputs": [str(p) for p in [*self.outputs, self.folder / RECORD]],
-            "overview": str(self.folder / OVERVIEW) if self.job.overview else None,
+            "outputs": [str(p) for p in [*self.outputs, self.folder / records.RECORD]],
+            "overview": str(self.folder / records.OVERVIEW) if self.job.overview else None,
             "layers": self.layers,
+            "identity": self.ident,
+            "fingerprint": self.job.fingerprint,
+            "nonfinite": nonfinite,
         }
 
 
+def _finite(fmap: np.ndarray) -> np.ndarray:
+    finite = fmap[np.isfinite(fmap)]
+    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+    return np.nan_to_num(fmap, nan=0.0, posinf=hi, neginf=lo)
+
+
 def _layer_stats(
-    layer: ConvLayer, fmap: np.ndarray, channels: list[int], path: Path
-) -> dict[str, Any]:
+    layer: ConvLayer, fmap: np.ndarray, finite: bool, channels: list[int], path: Path
+) -> records.LayerStats:
     return {
         "name": layer.alias,
         "module": layer.name,
         "shape": list(fmap.shape),
-        "mean": round(float(fmap.mean(dtype=np.float64)), 6),
-        "max": round(float(fmap.max()), 6),
+        "mean": round(float(fmap.mean(dtype=np.float64)), 6) if finite else None,
+        "max": round(float(fmap.max()), 6) if finite else None,
         "zero_fraction": round(float(np.count_nonzero(fmap == 0) / fmap.size), 6),
+        "nonfinite": not finite,
         "channels": channels,
         "picture": str(path),
     }
 
 
-def error_record(item: InputItem, message: str) -> dict[str, Any]:
-    return {
-        "input": str(item.path),
-        "status": "error",
-        "error": message,
-        "outputs": [],
-        "layers": [],
-    }
+def error_record(item: InputItem, message: str, disk_full: bool = False) -> Record:
+    record: Record = {"input": str(item.path), "status": "error", "error": message}
+    if disk_full:
+        record["reason"] = "disk full"
+    return {**record, "outputs": [], "layers": []}
 
 
-def skipped_record(item: InputItem, folder: Path) -> dict[str, Any]:
-    """The record of an earlier run, marked skipped (it still describes the files)."""
-    try:
-        record = json.loads((folder / RECORD).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        record = {"input": str(item.path), "folder": str(folder), "outputs": []}
-    return {**record, "input": str(item.path), "status": "skipped"}
+def skipped_record(item: InputItem, folder: Path, reason: str, earlier: Record | None) -> Record:
+    """An input not redone: ``earlier`` is the finished record it matched, if any."""
+    base: Record = earlier or {"folder": str(folder), "outputs": [], "layers": []}
+    return {**base, "input": str(item.path), "status": "skipped", "reason": reason}
 
 
 @dataclass
 class _Prepared:
     item: InputItem
-    folder: Path
+    claim: records.Claim
+    ident: records.Identity
     photo: np.ndarray
     tensor: torch.Tensor
 
 
 class _Backlog:
-    """Futures of the worker thread, waited for in order once too many are pending, so that
-    memory stays flat however many images there are."""
+    """Futures of the drawing thread, waited for in order once too many are pending, so that
+    memory stays flat; each one's record is delivered in input order."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, deliver: Callable[[Record], None]) -> None:
         self.limit = limit
-        self.pending: deque[tuple[Future[Any], Callable[[Any], None] | None]] = deque()
+        self.deliver = deliver
+        self.pending: deque[Future[Record | None]] = deque()
 
-    def add(self, future: Future[Any], done: Callable[[Any], None] | None = None) -> None:
-        self.pending.append((future, done))
+    def add(self, future: Future[Any]) -> None:
+        self.pending.append(future)
         while len(self.pending) > self.limit:
             self.pop()
 
     def pop(self) -> None:
-        future, done = self.pending[0]
-        result = future.result()  # a Ctrl-C while waiting leaves the entry for deliver_finished
+        record = self.pending[0].result()
         self.pending.popleft()
-        if done:
-            done(result)
+        if record is not None:
+            self.deliver(record)
 
     def drain(self) -> None:
         while self.pending:
             self.pop()
-
-    def deliver_finished(self) -> None:
-        """After an interruption: report what completed, in order, up to the first gap."""
-        while self.pending:
-            future = self.pending[0][0]
-            if not future.done() or future.cancelled() or future.exception() is not None:
-                return
-            self.pop()
-
-
-def run(
-    loaded: LoadedModel,
-    layers: Sequence[ConvLayer],
-    work: Sequence[tuple[InputItem, Path]],
-    job: Job,
-    on_record: Callable[[dict[str, Any]], None],
-    out_dir: Path,
-) -> None:
-    """Process every (input, output folder) pair, calling ``on_record`` once per input, in
-    input order. Bad inputs become error records; the run goes on."""
-    with (
-        ThreadPoolExecutor(max_workers=1, thread_name_prefix="vggviz-draw") as pool,
-        ThreadPoolExecutor(max_workers=2, thread_name_prefix="vggviz-png") as encoder,
-    ):
-        # chain-mode maps are full resolution (up to 100 MB a layer): keep few of them waiting
-        backlog = _Backlog(limit=2 if job.mode == "chain" else len(layers) + 2)
-        unfinished: set[ImageOutput] = set()
-        try:
-            for batch in _batches(work, out_dir, layers, job, backlog, on_record):
-                _process(
-                    batch, loaded, layers, job, (pool, encoder), backlog, on_record, unfinished
-                )
-            backlog.drain()
-        except BaseException:
-            # Ctrl-C or a crash: finish the picture being written, drop the queued ones,
-            # and remove the partial images, so every image folder left is complete.
-            pool.shutdown(wait=True, cancel_futures=True)
-            encoder.shutdown(wait=True, cancel_futures=True)
-            backlog.deliver_finished()
-            for out in unfinished:
-                out.discard()
-            raise
-
-
-def _batches(work, out_dir, layers, job, backlog, on_record) -> Iterator[list[_Prepared]]:
-    """Decoded images grouped by equal size, up to ``job.batch_size`` at a time. Skipped and
-    failed inputs are reported through the backlog, so records stay in input order."""
-    batch: list[_Prepared] = []
-    for item, folder in work:
-        if not _inside(folder, out_dir):
-            record = error_record(item, f"{folder}: output folder leads outside {out_dir}")
-        elif job.skip_existing and all(p.is_file() for p in expected_files(folder, layers, job)):
-            record = skipped_record(item, folder)
-        else:
-            try:
-                image = images.resize_for_model(images.load_rgb(item.path), job.size)
-            except InputError as err:
-                record = error_record(item, str(err))
-            else:
-                array = images.to_array(image, job.normalize)
-                tensor = torch.from_numpy(array)
-                if batch and (
-                    len(batch) >= job.batch_size or batch[0].tensor.shape != tensor.shape
-                ):
-                    yield batch
-                    batch = []
-                batch.append(_Prepared(item, folder, np.asarray(image), tensor))
-                continue
-        if batch:
-            yield batch
-            batch = []
-        backlog.add(_resolved(record), on_record)
-    if batch:
-        yield batch
-
-
-def _inside(folder: Path, out_dir: Path) -> bool:
-    """False when a link already in the output tree would take writes elsewhere."""
-    return folder.resolve().is_relative_to(out_dir.resolve())
 
 
 def _resolved(value: Any) -> Future[Any]:
@@ -328,95 +267,182 @@ def _resolved(value: Any) -> Future[Any]:
     return future
 
 
-def _process(batch, loaded, layers, job, pools, backlog, on_record, unfinished) -> None:
-    pool, encoder = pools
-    x = torch.stack([p.tensor for p in batch]).to(loaded.device, loaded.dtype)
-    outs = [ImageOutput(p.item, p.folder, p.photo, loaded, job, encoder) for p in batch]
-    unfinished.update(outs)
+class Engine:
+    """One run over (input, folder) pairs; see :func:`run`."""
 
-    def hand_over(layer: ConvLayer, tensor: torch.Tensor) -> None:
-        # drawing starts while the network computes the next layers
-        arrays = tensor.float().cpu().numpy()
-        for out, fmap in zip(outs, arrays, strict=True):
-            backlog.add(pool.submit(out.add_layer, layer, fmap))
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        layers: Sequence[ConvLayer],
+        job: Job,
+        out_dir: Path,
+        on_record: Callable[[Record], None],
+        should_stop: Callable[[], bool],
+    ) -> None:
+        self.loaded, self.layers, self.job, self.out_dir = loaded, layers, job, out_dir
+        self.should_stop = should_stop
+        self.disk_full: str | None = None
+        self.on_record = on_record
 
-    if job.mode == "network":
-        network_maps(loaded.model, layers, x, job.stage, on_map=hand_over)
-    else:
-        for layer, tensor in chain_maps(loaded.layers, x, layers):
-            hand_over(layer, tensor)
-    for out in outs:
-        backlog.add(pool.submit(_finish, out, unfinished), on_record)
+    def deliver(self, record: Record) -> None:
+        if record.get("reason") == "disk full" and not self.disk_full:
+            self.disk_full = record.get("error", "disk full")
+        self.on_record(record)
+
+    def stopping(self) -> bool:
+        return self.disk_full is not None or self.should_stop()
+
+    def run(self, work: Sequence[tuple[InputItem, Path]]) -> bool:
+        """Process the pairs in order; True when all were tried, False when stopped early."""
+        with (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="vggviz-draw") as pool,
+            ThreadPoolExecutor(max_workers=2, thread_name_prefix="vggviz-png") as encoder,
+        ):
+            # chain-mode maps are full resolution (up to 100 MB a layer): keep few waiting
+            limit = 2 if self.job.mode == "chain" else len(self.layers) + 2
+            backlog = _Backlog(limit, self.deliver)
+            complete = True
+            for batch in self._batches(work, backlog):
+                if self.stopping():
+                    for p in batch:
+                        p.claim.release(remove_folder=True)
+                    complete = False
+                    break
+                self._process(batch, pool, encoder, backlog)
+            else:
+                complete = not self.stopping()
+            backlog.drain()
+        return complete and not self.disk_full
+
+    def _batches(self, work, backlog: _Backlog) -> Iterator[list[_Prepared]]:
+        """Decoded, claimed images grouped by equal size, up to ``batch_size`` at a time.
+        Skipped and failed inputs go through the backlog, so records stay in input order."""
+        batch: list[_Prepared] = []
+        try:
+            yield from self._grouped(work, backlog, batch)
+        finally:  # stopped early: give up the folders claimed but never processed
+            for p in batch:
+                p.claim.release(remove_folder=True)
+
+    def _grouped(
+        self, work, backlog: _Backlog, batch: list[_Prepared]
+    ) -> Iterator[list[_Prepared]]:
+        for item, folder in work:
+            if self.stopping():
+                break
+            result = self._prepare(item, folder)
+            if isinstance(result, _Prepared):
+                if batch and (
+                    len(batch) >= self.job.batch_size
+                    or batch[0].tensor.shape != result.tensor.shape
+                ):
+                    yield list(batch)
+                    batch.clear()
+                batch.append(result)
+                continue
+            if batch:
+                yield list(batch)
+                batch.clear()
+            backlog.add(_resolved(result))
+        if batch:
+            yield list(batch)
+            batch.clear()
+
+    def _prepare(self, item: InputItem, folder: Path) -> _Prepared | Record:
+        try:
+            if not _inside(folder, self.out_dir):
+                return error_record(item, f"{folder}: output folder leads outside {self.out_dir}")
+            try:
+                ident = records.identity(item.path)
+            except (OSError, ValueError):
+                ident = None  # load_rgb below says what is wrong with the file
+            if self.job.skip_existing and ident is not None:
+                earlier = records.finished(folder, self.job.fingerprint, ident)
+                if earlier is not None:
+                    _sweep(folder)
+                    return skipped_record(item, folder, "finished earlier", earlier)
+            image = images.resize_for_model(images.load_rgb(item.path), self.job.size)
+            if ident is None:
+                raise InputError(item.path, "cannot read file")
+            try:
+                claim = records.claim(folder)
+            except records.Held as held:
+                return skipped_record(item, folder, str(held), None)
+        except InputError as err:
+            return error_record(item, str(err))
+        except OSError as err:
+            message = write_error(err.filename or folder, err)
+            return error_record(item, message, err.errno in DISK_FULL)
+        array = images.to_array(image, self.job.normalize)
+        return _Prepared(item, claim, ident, np.asarray(image), torch.from_numpy(array))
+
+    def _process(self, batch: list[_Prepared], pool, encoder, backlog: _Backlog) -> None:
+        outs = [
+            ImageOutput(p.item, p.claim, p.photo, p.ident, self.loaded, self.job, encoder)
+            for p in batch
+        ]
+        for out in outs:
+            try:
+                out.start()
+            except OSError as err:
+                out._failed(err)
+
+        def hand_over(layer: ConvLayer, tensor: torch.Tensor) -> None:
+            # drawing starts while the network computes the next layers
+            arrays = tensor.float().cpu().numpy()
+            for out, fmap in zip(outs, arrays, strict=True):
+                backlog.add(pool.submit(out.add_layer, layer, fmap))
+            if self.stopping():
+                raise Stopped
+
+        x = torch.stack([p.tensor for p in batch]).to(self.loaded.device, self.loaded.dtype)
+        failure = None
+        try:
+            if self.job.mode == "network":
+                network_maps(self.loaded.model, self.layers, x, self.job.stage, on_map=hand_over)
+            else:
+                for layer, tensor in chain_maps(self.loaded.layers, x, self.layers):
+                    hand_over(layer, tensor)
+        except Stopped:
+            for out in outs:
+                out.abandoned = True
+        except RuntimeError as err:  # e.g. out of memory on a huge image
+            failure = str(err).strip().splitlines()[0] if str(err).strip() else "RuntimeError"
+        for out in outs:
+            if failure:
+                out.error = f"{out.item.path}: the forward pass failed ({failure})"
+            backlog.add(pool.submit(out.finish))
 
 
-def _finish(out: ImageOutput, unfinished: set[ImageOutput]) -> dict[str, Any]:
-    record = out.finish()
-    unfinished.discard(out)
-    return record
+def _sweep(folder: Path) -> None:
+    """Remove a killed run's temporaries from a finished folder, unless a live run holds it."""
+    try:
+        claim = records.claim(folder)
+    except (records.Held, OSError):
+        return
+    try:
+        writing.clean_temporaries(folder)
+    finally:
+        claim.release()
 
 
-@dataclass
-class Counts:
-    ok: int = 0
-    error: int = 0
-    skipped: int = 0
-
-    def summary(self) -> str:
-        return f"{self.ok} done, {self.error} failed, {self.skipped} skipped"
+def _inside(folder: Path, out_dir: Path) -> bool:
+    """False when a link already in the output tree would take writes elsewhere."""
+    return Path(os.path.realpath(folder)).is_relative_to(os.path.realpath(out_dir))
 
 
-def run_to_folder(
+def run(
     loaded: LoadedModel,
     layers: Sequence[ConvLayer],
     work: Sequence[tuple[InputItem, Path]],
     job: Job,
     out_dir: Path,
-    *,
-    run_info: dict[str, str],
-    on_record: Callable[[dict[str, Any]], None],
-    suffix: str = "",
-) -> tuple[Counts, Path]:
-    """:func:`run`, plus the run's ``manifest{suffix}.jsonl`` and ``index{suffix}.html`` in
-    ``out_dir``. Shards name theirs apart so that they can share one output folder.
-
-    Interrupted, the manifest and index still describe the images finished so far.
-    """
-    from vggviz import report
-    from vggviz.filters import draw_filters
-
-    for name in (f"manifest{suffix}.jsonl", f"index{suffix}.html"):
-        writing.clean_temporaries(out_dir, name)
-    manifest = writing.JsonLines(out_dir / f"manifest{suffix}.jsonl")
-    counts = Counts()
-
-    def record_done(record: dict[str, Any]) -> None:
-        setattr(counts, record["status"], getattr(counts, record["status"]) + 1)
-        manifest.write(record)
-        on_record(record)
-
-    figures = []
-    if job.filters:
-        first = loaded.layers[0]
-        figures.append(
-            (f"{first.alias} filters of this model", draw_filters(loaded, first, out_dir))
-        )
-    try:
-        run(loaded, layers, work, job, record_done, out_dir)
-    finally:
-        manifest.close()
-        records = [json.loads(line) for line in manifest.path.read_text("utf-8").splitlines()]
-        info = {
-            **run_info,
-            "done": str(counts.ok),
-            "failed": str(counts.error),
-            "skipped": str(counts.skipped),
-        }
-        index = report.write_index(
-            out_dir,
-            records,
-            title=f"vggviz: {loaded.arch}",
-            run_info=info,
-            name=f"index{suffix}.html",
-            figures=figures,
-        )
-    return counts, index
+    on_record: Callable[[Record], None],
+    should_stop: Callable[[], bool] = lambda: False,
+) -> tuple[bool, str | None]:
+    """Process every (input, output folder) pair, calling ``on_record`` once per input tried,
+    in input order. Bad inputs become error records and the run goes on; a full disk or
+    ``should_stop()`` ends it early. Returns (all tried, the disk-full message or None)."""
+    engine = Engine(loaded, layers, job, out_dir, on_record, should_stop)
+    complete = engine.run(work)
+    return complete, engine.disk_full

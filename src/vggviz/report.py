@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import IO, Any
 from urllib.parse import quote
 
+from vggviz.records import OVERVIEW, display, index_name
 from vggviz.writing import atomic_file
 
-INDEX_NAME = "index.html"
+INDEX_NAME = index_name("")
 _CHANNELS_SHOWN = 8  # channel numbers printed in a layer row; the rest are counted
 _TIMES = "\N{MULTIPLICATION SIGN}"
 
@@ -131,7 +132,7 @@ def _linker(out_dir: Path) -> Link:
             rel = os.path.relpath(resolved, base)
         except ValueError:  # another drive on Windows: no relative path exists
             return resolved.as_uri()
-        return "" if rel == os.curdir else quote(rel.replace(os.sep, "/"), safe="/")
+        return "" if rel == os.curdir else quote(os.fsencode(rel.replace(os.sep, "/")), safe="/")
 
     @functools.lru_cache(maxsize=1024)
     def folder_prefix(folder: str) -> str:
@@ -147,7 +148,7 @@ def _linker(out_dir: Path) -> Link:
         folder, name = os.path.split(text)
         if name in ("", os.curdir, os.pardir):
             return relative(text) or "./"
-        return folder_prefix(folder) + quote(name, safe="")
+        return folder_prefix(folder) + quote(os.fsencode(name), safe="")
 
     return link
 
@@ -314,7 +315,7 @@ def _find_overview(outputs: Any) -> Any:
     """A skipped record may list its overview only among ``outputs``; find it by file name."""
     if _is_seq(outputs):
         for path in outputs:
-            if isinstance(path, str) and Path(path).name == "overview.png":
+            if isinstance(path, str) and Path(path).name == OVERVIEW:
                 return path
     return None
 
@@ -346,7 +347,7 @@ def _plural(count: int, word: str) -> str:
 
 
 def _text(value: Any) -> str:
-    return "" if value is None else str(value)
+    return "" if value is None else display(str(value))
 
 
 def _esc(value: Any) -> str:

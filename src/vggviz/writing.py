@@ -6,8 +6,9 @@ temporary names share one suffix so that the next run can sweep up what a kill l
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import io
-import json
 import os
 import tempfile
 import zipfile
@@ -19,6 +20,8 @@ from typing import IO, Any
 
 import numpy as np
 from PIL import Image
+
+from vggviz.records import dumps
 
 TMP_SUFFIX = ".vggviz-tmp"
 PNG_COMPRESS_LEVEL = 1  # with run-length matching (Z_RLE): 5x faster than Pillow's default
@@ -38,11 +41,31 @@ def _encoding(mode: str) -> str | None:
 
 
 def _temporary(path: Path) -> tuple[int, str]:
-    """A new temporary file beside ``path``, with ordinary file permissions."""
+    """A new temporary file beside ``path``, with ordinary file permissions, locked by us for
+    as long as it is open so that another run's sweep can tell it is alive."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
-    os.chmod(tmp, FILE_MODE)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:200]}.", suffix=TMP_SUFFIX, dir=path.parent)
+    try:
+        os.fchmod(fd, FILE_MODE)
+        _lock(fd)
+    except BaseException:
+        os.close(fd)
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return fd, tmp
+
+
+def _lock(fd: int) -> bool:
+    """Take an exclusive lock without waiting; False when someone else holds it. File systems
+    without locks count as unlocked (there is nothing better to go on)."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    except OSError as err:
+        if err.errno not in (errno.ENOLCK, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+            raise
+    return True
 
 
 @contextmanager
@@ -67,15 +90,16 @@ def save_png(image: Image.Image, path: Path) -> Path:
 
 
 def save_json(obj: object, path: Path) -> Path:
+    """JSON that stays valid whatever the names in it (see :func:`vggviz.records.dumps`)."""
     with atomic_file(path, "w") as f:
-        json.dump(obj, f, indent=1, ensure_ascii=False)
-        f.write("\n")
+        f.write(dumps(obj, indent=1) + "\n")
     return path
 
 
 def clean_temporaries(folder: Path, name: str = "") -> int:
-    """Remove what a killed run left in ``folder`` (not recursive), only the temporaries of
-    final names starting with ``name`` when given; returns how many."""
+    """Remove what killed runs left in ``folder`` (not recursive), only the temporaries of
+    final names starting with ``name`` when given; returns how many. A temporary that a live
+    writer still holds locked is left alone."""
     removed = 0
     try:
         entries = list(os.scandir(folder))
@@ -83,9 +107,20 @@ def clean_temporaries(folder: Path, name: str = "") -> int:
         return 0
     for entry in entries:
         ours = entry.name.startswith(f".{name}") and entry.name.endswith(TMP_SUFFIX)
-        if ours and entry.is_file(follow_symlinks=False):
-            Path(entry.path).unlink(missing_ok=True)
-            removed += 1
+        if not ours or not entry.is_file(follow_symlinks=False):
+            continue
+        try:
+            fd = os.open(entry.path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            if _lock(fd):
+                Path(entry.path).unlink(missing_ok=True)
+                removed += 1
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
     return removed
 
 
@@ -135,4 +170,5 @@ class JsonLines(_Staged):
         super().__init__(path, "w")
 
     def write(self, record: dict[str, Any]) -> None:
-        self._file.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self._file.write(dumps(record) + "\n")
+        self._file.flush()  # a reader (or a kill) sees whole lines

@@ -1,0 +1,352 @@
+"""The output folder as a contract: what a run writes where, how a finished image is
+recognised, and how runs that share a folder keep out of each other's way.
+
+- **Names.** Each input gets the folder ``-o / <its path below the argument> / <name>``, where
+  ``<name>`` is the file name with the dot before its extension turned into ``_``
+  (``cat.jpg`` -> ``cat_jpg``, ``cat.png`` -> ``cat_png``, ``README`` -> ``README_``). The
+  name depends on the input alone, so adding files never renames a folder. Such a name never
+  ends in ``.<extension>``, so it can never be one of the run's own files (``index.html``,
+  ``manifest.jsonl``, ``filters-conv1.png``). Names that differ only in case, and the rare
+  clash with a folder of the input tree, are told apart by a hash of the input path.
+- **Completion.** ``record.json`` is written last and holds the input's identity (real path,
+  size, mtime) and a fingerprint of every option that shapes the pictures. ``--skip-existing``
+  skips a folder only when both match and every listed output is there; anything else is
+  redone, and before anything is redrawn the old record goes first.
+- **Claims.** A run holds an image folder with ``flock`` on a hidden lock file inside it while
+  writing there; the kernel drops the lock if the run dies. A folder another live run holds is
+  skipped with that reason. Temporaries are swept only by whoever holds the claim.
+- **JSON.** Paths that are not valid UTF-8 are carried losslessly: each undecodable byte is
+  the lone surrogate ``\\udcXX`` (Python's ``surrogateescape``; ``os.fsencode`` gives the
+  bytes back), written as a ``\\u`` escape, so every file stays valid UTF-8 and valid JSON.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import itertools
+import json
+import os
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path, PurePosixPath
+from typing import Any, Protocol, TypedDict
+
+FORMAT = 2  # bump when the pictures of the same options change, so old folders are redone
+
+RECORD = "record.json"
+OVERVIEW = "overview.png"
+RAW = "maps.npz"
+LOCK = ".vggviz.lock"
+NAME_MAX = 255  # bytes in one path component on every file system we expect
+_PICTURE = re.compile(r"^\d\d-conv\d+\.png$")
+
+
+def picture_name(index: int, alias: str) -> str:
+    """``01-conv1.png``: file names sort in layer order."""
+    return f"{index:02d}-{alias}.png"
+
+
+def run_suffix(shard: tuple[int, int] | None, copy: int = 1) -> str:
+    """What tells one run's manifest and index from another's in a shared folder: the shard,
+    and a number when another live run already writes the same names."""
+    suffix = f"-shard-{shard[0]}-of-{shard[1]}" if shard else ""
+    return suffix + (f"-{copy}" if copy > 1 else "")
+
+
+def manifest_name(suffix: str) -> str:
+    return f"manifest{suffix}.jsonl"
+
+
+def index_name(suffix: str) -> str:
+    return f"index{suffix}.html"
+
+
+def filters_name(alias: str, view: str) -> str:
+    return f"filters-{alias}{'' if view == 'rgb' else f'-{view}'}.png"
+
+
+def owned_files(folder: Path) -> Iterator[Path]:
+    """Files in an image folder that vggviz writes (and so may replace or remove)."""
+    try:
+        names = [e.name for e in os.scandir(folder) if e.is_file(follow_symlinks=False)]
+    except OSError:
+        return
+    for name in names:
+        if name in (RECORD, OVERVIEW, RAW) or _PICTURE.match(name):
+            yield folder / name
+
+
+# --- records -------------------------------------------------------------------------------
+
+
+class LayerStats(TypedDict):
+    name: str
+    module: str
+    shape: list[int]
+    mean: float | None  # None when the map holds NaN or Inf (see ``nonfinite``)
+    max: float | None
+    zero_fraction: float
+    nonfinite: bool
+    channels: list[int]
+    picture: str
+
+
+class Identity(TypedDict):
+    path: str  # the real path, links resolved
+    size: int
+    mtime_ns: int
+
+
+class Record(TypedDict, total=False):
+    """One input's outcome: ``record.json`` for a finished image, a manifest/--json line
+    for every input. ``status`` is ok, error or skipped."""
+
+    input: str
+    status: str
+    error: str
+    reason: str  # why an input was skipped
+    folder: str
+    size: list[int]
+    outputs: list[str]
+    overview: str | None
+    layers: list[LayerStats]
+    identity: Identity
+    fingerprint: str
+    nonfinite: bool
+
+
+def identity(path: Path) -> Identity:
+    st = os.stat(path)
+    return {"path": os.path.realpath(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def fingerprint(options: Mapping[str, Any]) -> str:
+    """sha256 of everything that shapes an image's outputs, as canonical JSON."""
+    text = dumps({"format": FORMAT, **options}, sort_keys=True)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def finished(folder: Path, print_: str, ident: Identity) -> Record | None:
+    """The folder's record when it is a finished image of the same input and options, with
+    every output it lists still there; otherwise None (the image must be redone)."""
+    try:
+        record = json.loads((folder / RECORD).read_text(encoding="utf-8"))
+        complete = all(os.path.isfile(p) for p in record.get("outputs", []))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return None
+    if not isinstance(record, dict) or not complete:
+        return None
+    if record.get("status") != "ok" or record.get("fingerprint") != print_:
+        return None
+    return record if record.get("identity") == ident else None  # type: ignore[return-value]
+
+
+# --- JSON ----------------------------------------------------------------------------------
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def dumps(obj: object, **kwargs: Any) -> str:
+    """JSON text that is valid UTF-8 whatever the file names: lone surrogates (undecodable
+    bytes of a name) become ``\\uXXXX`` escapes. NaN and Inf are refused (not JSON)."""
+    text = json.dumps(obj, ensure_ascii=False, allow_nan=False, **kwargs)
+    return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+def display(text: str) -> str:
+    """A name fit for a picture, a page or a terminal: undecodable bytes shown as U+FFFD."""
+    return os.fsencode(text).decode("utf-8", "replace") if _SURROGATE.search(text) else text
+
+
+# --- claims --------------------------------------------------------------------------------
+
+
+class Claim:
+    """Exclusive hold on an image folder for as long as this run writes into it."""
+
+    def __init__(self, folder: Path, fd: int) -> None:
+        self.folder = folder
+        self._fd: int | None = fd
+
+    def release(self, remove_folder: bool = False) -> None:
+        """Drop the hold; the lock file goes (we hold it, so nobody else can be using it), and
+        with ``remove_folder`` the folder too if nothing else is left in it."""
+        if self._fd is None:
+            return
+        try:
+            _unlink(self.folder / LOCK)
+            if remove_folder:
+                # not empty: someone else's files, or a file we did not write
+                with contextlib.suppress(OSError):
+                    self.folder.rmdir()
+        finally:
+            os.close(self._fd)
+            self._fd = None
+
+
+class Held(Exception):
+    """Another live run holds the folder."""
+
+
+LOCKS_UNSUPPORTED = (errno.ENOLCK, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EBADF)
+
+
+def claim(folder: Path) -> Claim:
+    """Create ``folder`` if needed and hold it. Raises :class:`Held` when another live run
+    does, OSError when the folder cannot be made or locked. On a file system without locks
+    the claim is granted unguarded (see ``locks_supported``)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    return Claim(folder, hold(folder / LOCK))
+
+
+def hold(lock: Path) -> int:
+    """An open descriptor of ``lock`` (created if needed) that holds its flock, with our pid
+    written in it. Raises :class:`Held` when another live process holds it."""
+    for _ in range(100):  # retried only while another run removes the lock file under us
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_pid(fd)
+            os.close(fd)
+            raise Held(f"another vggviz run{holder} is writing it") from None
+        except OSError as err:
+            if err.errno not in LOCKS_UNSUPPORTED:
+                os.close(fd)
+                raise
+            _unguarded.append(str(lock))
+        try:
+            same = os.fstat(fd).st_ino == os.stat(lock, follow_symlinks=False).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+            return fd
+        os.close(fd)  # the holder released and removed it between our open and lock
+    raise Held("its lock file keeps changing")
+
+
+class RunClaim:
+    """The names of one run's manifest and index in a shared folder, held for the run."""
+
+    def __init__(self, out_dir: Path, suffix: str, fd: int) -> None:
+        self.out_dir, self.suffix, self._fd = out_dir, suffix, fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            _unlink(self.out_dir / _run_lock(self.suffix))
+            os.close(self._fd)
+            self._fd = None
+
+
+def claim_run(out_dir: Path, shard: tuple[int, int] | None) -> RunClaim:
+    """Hold the first free run suffix: ``""`` (or the shard's), else ``-2``, ``-3``, ... when
+    other live runs already write ``manifest.jsonl`` and ``index.html`` into ``out_dir``."""
+    for copy in itertools.count(1):
+        suffix = run_suffix(shard, copy)
+        try:
+            return RunClaim(out_dir, suffix, hold(out_dir / _run_lock(suffix)))
+        except Held:
+            continue
+    raise AssertionError("unreachable")
+
+
+def _run_lock(suffix: str) -> str:
+    return f".vggviz-run{suffix}.lock"
+
+
+_unguarded: list[str] = []
+
+
+def locks_supported() -> bool:
+    """False once a claim had to go ahead without a lock (a file system without flock)."""
+    return not _unguarded
+
+
+def _read_pid(fd: int) -> str:
+    try:
+        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+    except OSError:
+        return ""
+    return f" (pid {text})" if text.isdigit() else ""
+
+
+def _unlink(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+
+# --- folder names --------------------------------------------------------------------------
+
+
+class Input(Protocol):
+    path: Path  # as given, for the hash that separates names equal but for case
+    rel: PurePosixPath  # below the folder argument it was found in
+
+
+def output_dirs(items: Sequence[Input], out_dir: Path) -> list[Path]:
+    """One distinct folder per input, always inside ``out_dir`` (see the module's rules).
+
+    Computed from the whole list, so call it before sharding: every shard then agrees.
+    """
+    paths = [str(item.path) for item in items]
+    wanted = [_folder_parts(item.rel) for item in items]
+    ancestors = {_key(w[:i]) for w in wanted for i in range(1, len(w))}
+    by_key: dict[str, list[int]] = {}
+    for i, w in enumerate(wanted):
+        by_key.setdefault(_key(w), []).append(i)
+    chosen: dict[int, tuple[str, ...]] = {}
+    used = set(ancestors)
+    renamed: list[int] = []
+    for key, members in by_key.items():
+        members.sort(key=lambda i: (os.fsencode(paths[i]), i))
+        if key in ancestors:
+            renamed.extend(members)  # a folder of the input tree has this name
+        else:
+            chosen[members[0]] = wanted[members[0]]
+            used.add(key)
+            renamed.extend(members[1:])
+    renamed.sort(key=lambda i: (os.fsencode(paths[i]), i))
+    for i in renamed:
+        *parent, name = wanted[i]
+        digest = hashlib.sha1(os.fsencode(paths[i])).hexdigest()[:8]
+        for n in itertools.count(1):
+            candidate = _fit(name, f"_{digest}" + (f"_{n}" if n > 1 else ""))
+            if _key((*parent, candidate)) not in used:
+                break
+        chosen[i] = (*parent, candidate)
+        used.add(_key(chosen[i]))
+    return [out_dir.joinpath(*chosen[i]) for i in range(len(items))]
+
+
+def folder_name(file_name: str) -> str:
+    """``cat.jpg`` -> ``cat_jpg``; ``README`` -> ``README_``; a leading dot becomes ``_``."""
+    stem, dot, ext = file_name.rpartition(".")
+    name = f"{stem}_{ext}" if dot and stem else f"{file_name}_"
+    return "_" + name[1:] if name.startswith(".") else name
+
+
+def _folder_parts(rel: PurePosixPath) -> tuple[str, ...]:
+    """Parts of ``rel`` that stay inside the output folder, the last one made a folder name.
+    A top-level folder of the input tree named like a run file gets a trailing ``_``."""
+    parts = [p for p in rel.parts if p not in ("", ".", "..") and "/" not in p] or ["_"]
+    *parents, leaf = parts
+    if parents and re.search(r"\.(html|jsonl|json|png)$", parents[0], re.IGNORECASE):
+        parents[0] += "_"
+    parents = ["_" + p[1:] if p.startswith(".") else p for p in parents]
+    return (*parents, _fit(folder_name(leaf), ""))
+
+
+def _fit(name: str, suffix: str) -> str:
+    """``name + suffix`` cut so that it stays within NAME_MAX bytes."""
+    while len(os.fsencode(name + suffix)) > NAME_MAX and name:
+        name = name[:-1]
+    return name + suffix
+
+
+def _key(parts: Sequence[str]) -> str:
+    return "/".join(parts).casefold()
