@@ -496,8 +496,8 @@ def _run_features(request, as_json: bool, quiet: bool) -> int:
         return PIPE_CLOSED  # stdout's reader is gone: stop quietly, as cat does
     if summary.disk_full:
         click.echo(
-            f"error: {_shown(summary.disk_full)}: stopped after {summary.finished} of "
-            f"{summary.total} image(s)",
+            f"error: stopped after {summary.finished} of {summary.total} image(s), "
+            f"{summary.ok} done: {_shown(summary.disk_full)}",
             err=True,
         )
         return FAILED

@@ -68,6 +68,7 @@ class ImageOutput:
         loaded: LoadedModel,
         job: Job,
         encoder: Executor,
+        on_disk_full: Callable[[str], None],
     ) -> None:
         self.item, self.claim, self.folder, self.photo = item, claim, claim.folder, photo
         self.ident, self.job, self.encoder = ident, job, encoder
@@ -81,6 +82,7 @@ class ImageOutput:
         self.error: str | None = None
         self.disk_full = False
         self.abandoned = False
+        self.on_disk_full = on_disk_full
         self.raw: writing.NpzWriter | None = None
 
     def start(self) -> None:
@@ -100,19 +102,22 @@ class ImageOutput:
             finite = bool(np.isfinite(fmap).all())
             if not finite:  # overflowing weights: draw what is finite, and say so
                 fmap = _finite(fmap)
-            image, channels = pictures.layer_picture(
-                fmap,
-                alias=layer.alias,
-                module=layer.name,
-                caption=self.caption,
-                style=self.job.style,
-                photo=self.photo,
-            )
+            # near float32's limit, means and spans overflow again: the picture is still right
+            with np.errstate(over="ignore", invalid="ignore"):
+                image, channels = pictures.layer_picture(
+                    fmap,
+                    alias=layer.alias,
+                    module=layer.name,
+                    caption=self.caption,
+                    style=self.job.style,
+                    photo=self.photo,
+                )
             path = self._save(image, self.folder / records.picture_name(layer.index, layer.alias))
             if self.raw:
                 self.raw.add(layer.alias, fmap)
             if self.job.overview:
-                tiles, top = pictures.overview_tiles(fmap, self.job.style)
+                with np.errstate(over="ignore", invalid="ignore"):
+                    tiles, top = pictures.overview_tiles(fmap, self.job.style)
                 self.rows.append(
                     pictures.OverviewRow(layer.alias, layer.name, fmap.shape, tiles, top)
                 )
@@ -124,6 +129,8 @@ class ImageOutput:
         if not self.error:
             self.error = write_error(err.filename or self.folder, err)
             self.disk_full = err.errno in DISK_FULL
+            if self.disk_full:
+                self.on_disk_full(self.error)
 
     def _save(self, image: Image.Image, path: Path) -> Path:
         self.outputs.append(path)
@@ -285,9 +292,11 @@ class Engine:
         self.on_record = on_record
 
     def deliver(self, record: Record) -> None:
-        if record.get("reason") == "disk full" and not self.disk_full:
-            self.disk_full = record.get("error", "disk full")
         self.on_record(record)
+
+    def full(self, message: str) -> None:
+        """A write found the disk full (from any thread): no new image is started."""
+        self.disk_full = self.disk_full or message
 
     def stopping(self) -> bool:
         return self.disk_full is not None or self.should_stop()
@@ -372,13 +381,17 @@ class Engine:
             return error_record(item, str(err))
         except OSError as err:
             message = write_error(err.filename or folder, err)
+            if err.errno in DISK_FULL:
+                self.full(message)
             return error_record(item, message, err.errno in DISK_FULL)
         array = images.to_array(image, self.job.normalize)
         return _Prepared(item, claim, ident, np.asarray(image), torch.from_numpy(array))
 
     def _process(self, batch: list[_Prepared], pool, encoder, backlog: _Backlog) -> None:
         outs = [
-            ImageOutput(p.item, p.claim, p.photo, p.ident, self.loaded, self.job, encoder)
+            ImageOutput(
+                p.item, p.claim, p.photo, p.ident, self.loaded, self.job, encoder, self.full
+            )
             for p in batch
         ]
         for out in outs:

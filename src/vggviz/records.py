@@ -198,8 +198,16 @@ def claim(folder: Path) -> Claim:
     """Create ``folder`` if needed and hold it. Raises :class:`Held` when another live run
     does, OSError when the folder cannot be made or locked. On a file system without locks
     the claim is granted unguarded (see ``locks_supported``)."""
+    made = not folder.is_dir()
     folder.mkdir(parents=True, exist_ok=True)
-    return Claim(folder, hold(folder / LOCK))
+    try:
+        return Claim(folder, hold(folder / LOCK))
+    except BaseException:
+        if made:  # leave no empty folder behind for an image that was never started
+            with contextlib.suppress(OSError):
+                _unlink(folder / LOCK)
+                folder.rmdir()
+        raise
 
 
 def hold(lock: Path) -> int:
@@ -223,8 +231,9 @@ def hold(lock: Path) -> int:
         except FileNotFoundError:
             same = False
         if same:
-            os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()}\n".encode())
+            with contextlib.suppress(OSError):  # the pid only helps messages; a full disk
+                os.ftruncate(fd, 0)  # must not stop the claim
+                os.write(fd, f"{os.getpid()}\n".encode())
             return fd
         os.close(fd)  # the holder released and removed it between our open and lock
     raise Held("its lock file keeps changing")

@@ -6,6 +6,7 @@ temporary names share one suffix so that the next run can sweep up what a kill l
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import io
@@ -142,8 +143,14 @@ class _Staged:
         return self.path
 
     def abort(self) -> None:
-        self._finish()
-        Path(self._tmp).unlink(missing_ok=True)
+        """Throw the file away; after a failed write (a full disk) closing fails too."""
+        try:
+            self._finish()
+        except (OSError, ValueError):
+            with contextlib.suppress(OSError):
+                self._file.close()
+        finally:
+            Path(self._tmp).unlink(missing_ok=True)
 
 
 class NpzWriter(_Staged):
