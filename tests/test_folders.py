@@ -319,7 +319,8 @@ def test_a_full_disk_stops_cleanly(tmp_path, vgg11_bn_file, photos) -> None:
         got = lines(result.stdout)
         assert 0 < len(got) < 8 and got[-1]["status"] == "error"
         assert all(r["status"] == "ok" for r in got[:-1])
-        assert line.startswith(f"error: stopped after {len(got)} of 8 image(s), {len(got) - 1} done: ")
+        done = len(got) - 1
+        assert line.startswith(f"error: stopped after {len(got)} of 8 image(s), {done} done: ")
         assert "Traceback" not in result.output
         assert_every_folder_finished(out)
         assert len(image_folders(out)) == len(got) - 1
