@@ -444,3 +444,22 @@ def test_three_ctrl_c_in_50_ms(tmp_path, vgg11_bn_file, photos, busy_cpu) -> Non
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     _check_interrupted(out, err, 8)
+
+
+def test_no_matplotlib_temporary_is_left_behind(tmp_path, vgg11_bn_file, photo) -> None:
+    """Where $HOME is not writable, matplotlib makes a temporary config folder and removes it
+    at exit; vggviz's fast exit must still run that clean-up."""
+    (tmp_path / "file").write_text("x")
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = {**os.environ, "MPLCONFIGDIR": str(tmp_path / "file" / "mpl"), "TMPDIR": str(tmp)}
+    done = subprocess.run(
+        vggviz(*argv(tmp_path / "out", vgg11_bn_file, photo, "--cmap", "viridis", "-q")),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Matplotlib created a temporary" in done.stderr  # the situation was reproduced
+    assert list(tmp.iterdir()) == []

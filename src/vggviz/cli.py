@@ -6,6 +6,7 @@ answer at once.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import functools
 import os
@@ -670,8 +671,12 @@ def _exit_now(code: int) -> None:
     """Exit without the interpreter's teardown, which takes 1.5-2 s once torch is loaded.
 
     Safe here: every output file is closed and renamed, and every worker thread joined,
-    before a command returns; only the standard streams still need flushing.
+    before a command returns. What is left: the exit handlers (a few ms; matplotlib's
+    removes the temporary config folder it makes where $HOME is not writable) and the
+    standard streams.
     """
+    with contextlib.suppress(Exception):
+        atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
             stream.flush()
