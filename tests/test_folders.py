@@ -326,16 +326,52 @@ def test_a_full_disk_stops_cleanly(tmp_path, vgg11_bn_file, photos) -> None:
         assert len(image_folders(out)) == len(got) - 1
 
 
-def test_a_failing_manifest_is_a_run_error(tmp_path, vgg11_bn_file, photos, monkeypatch) -> None:
-    def full(self, record) -> None:
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.path))
+def test_a_full_disk_simulated_stops_cleanly(tmp_path, vgg11_bn_file, photos, monkeypatch) -> None:
+    """The same, where no small file system can be mounted: the 7th picture (the 3rd image's
+    first) finds no space."""
+    real, calls = writing.save_png, []
 
-    monkeypatch.setattr(writing.JsonLines, "write", full)
+    def save_png(image, path):
+        calls.append(path)
+        if len(calls) >= 7:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        return real(image, path)
+
+    monkeypatch.setattr(writing, "save_png", save_png)
+    out = tmp_path / "out"
+    result = invoke(out, vgg11_bn_file, photos, "--json", "--no-filters")
+    assert result.exit_code == 1
+    got = lines(result.stdout)
+    statuses = [r["status"] for r in got]  # 3 pictures per image: the 3rd fails, and the
+    assert statuses[:3] == ["ok", "ok", "error"]  # one being computed beside it may too
+    assert len(got) < 8 and set(statuses[2:]) == {"error"}
+    assert all(r["error"].endswith("(no space left on device)") for r in got[2:])
+    assert result.stderr.splitlines()[-1] == (
+        f"error: stopped after {len(got)} of 8 image(s), 2 done: {calls[6]}: cannot write "
+        "(no space left on device)"
+    )
+    assert_every_folder_finished(out)
+    assert len(image_folders(out)) == 2
+
+
+@pytest.mark.parametrize("target", ["manifest.jsonl", "index.html"])
+def test_a_failing_run_file_is_a_run_error(
+    tmp_path, vgg11_bn_file, photos, monkeypatch, target
+) -> None:
+    def full(*args, **kwargs) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(out / target))
+
+    from vggviz import report
+
+    if target == "manifest.jsonl":
+        monkeypatch.setattr(writing.JsonLines, "write", full)
+    else:
+        monkeypatch.setattr(report, "write_index", full)
     out = tmp_path / "out"
     result = invoke(out, vgg11_bn_file, photos)
     assert result.exit_code == 1
     assert result.stderr.splitlines()[-1] == (
-        f"Error: {out / 'manifest.jsonl'}: cannot write (no space left on device)"
+        f"Error: {out / target}: cannot write (no space left on device)"
     )
     assert not [p for p in out.rglob("*") if p.name.endswith(TMP_SUFFIX)]
     assert_every_folder_finished(out)
