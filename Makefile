@@ -22,7 +22,7 @@ demo: $(STAMP)
 	else echo "demo: ImageNet weights unavailable (offline?): drawing with --weights random instead;"; \
 	     echo "      the pictures say so in their titles. Fetch them with: $(BIN)/vggviz weights download"; W=random; fi; \
 	$(BIN)/vggviz features examples/photos/ --arch $(ARCH) --weights $$W -o $(OUT) && \
-	echo "demo: pictures are in $(OUT)/ (open $(OUT)/index.html or $(OUT)/cat/overview.png)"
+	echo "demo: pictures are in $(OUT)/ (open $(OUT)/index.html or $(OUT)/cat_jpg/overview.png)"
 
 ## test: the whole suite, offline, plus ruff
 test: $(STAMP)
