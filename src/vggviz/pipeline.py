@@ -377,6 +377,11 @@ class Engine:
                 claim = records.claim(folder)
             except records.Held as held:
                 return skipped_record(item, folder, str(held), None)
+            if self.job.skip_existing:  # another run may have finished it meanwhile
+                earlier = records.finished(folder, self.job.fingerprint, ident)
+                if earlier is not None:
+                    claim.release()
+                    return skipped_record(item, folder, "finished earlier", earlier)
         except InputError as err:
             return error_record(item, str(err))
         except OSError as err:
