@@ -499,3 +499,11 @@ def test_no_matplotlib_temporary_is_left_behind(tmp_path, vgg11_bn_file, photo) 
     assert done.returncode == 0, done.stderr
     assert "Matplotlib created a temporary" in done.stderr  # the situation was reproduced
     assert list(tmp.iterdir()) == []
+
+
+def test_the_output_folder_as_an_input_folder_is_a_usage_error(tmp_path, vgg11_bn_file) -> None:
+    write_photo(tmp_path / "photos" / "a.png")
+    result = invoke(tmp_path / "photos", vgg11_bn_file, tmp_path / "photos")
+    assert result.exit_code == 2
+    assert "is the output folder or inside it" in result.stderr
+    assert sorted(p.name for p in (tmp_path / "photos").iterdir()) == ["a.png"]

@@ -144,8 +144,8 @@ def run(request: Request, hooks: Hooks = Hooks(), stdin: BinaryIO | None = None)
         check_colormap(style["cmap"])
     except ValueError as err:
         raise UsageError(f"{err}; see matplotlib's colormap list") from None
-    prepare_output(request.out_dir)
     work, found, shard = plan(request, stdin)
+    prepare_output(request.out_dir)
     if found.hidden or found.not_images:
         hooks.on_note(f"passed over {found.hidden} hidden and {found.not_images} non-image file(s)")
     summary = Summary(total=len(work), problems=[str(p) for p in found.problems])

@@ -80,6 +80,11 @@ def discover(
                 raise UsageError("an empty string is not a file or folder name")
             path = Path(name)
             if _is_dir(path):
+                if exclude is not None and _within(path, exclude):
+                    raise UsageError(
+                        f"{name}: is the output folder or inside it; vggviz never reads its own "
+                        "outputs (write them elsewhere)"
+                    )
                 _walk(path, name, found, add, seen_dirs)
             else:
                 add(path, name, PurePosixPath(path.name))
@@ -139,6 +144,10 @@ def _walk(
             add(path, source, rel)  # broken symlinks too, so the user hears about them
         else:
             found.not_images += 1
+
+
+def _within(path: Path, folder: Path) -> bool:
+    return Path(os.path.realpath(path)).is_relative_to(os.path.realpath(folder))
 
 
 def _is_dir(path: Path) -> bool:
