@@ -93,6 +93,7 @@ def _write(path: Path, text: str) -> None:
 def test_cgroup_v2_limit_of_the_tightest_ancestor(tmp_path) -> None:
     root, proc = tmp_path / "cgroup", tmp_path / "self_cgroup"
     _write(proc, "0::/slurm/job_7/step_0\n")
+    _write(root / "cgroup.controllers", "cpu memory pids\n")
     _write(root / "slurm/job_7/step_0/memory.max", "max\n")
     _write(root / "slurm/job_7/memory.max", "4000000000\n")
     _write(root / "slurm/job_7/memory.current", "1000000000\n")
@@ -101,6 +102,17 @@ def test_cgroup_v2_limit_of_the_tightest_ancestor(tmp_path) -> None:
     assert memory._cgroup_room(str(root), str(proc)) == 3_000_000_000
     _write(root / "slurm/job_7/memory.max", "max\n")
     assert memory._cgroup_room(str(root), str(proc)) == 4_000_000_000  # the parent's room
+
+
+def test_cgroup_v2_on_a_hybrid_system(tmp_path) -> None:
+    """v1 controllers with v2 mounted at root/unified (systemd's hybrid layout)."""
+    root, proc = tmp_path / "cgroup", tmp_path / "self_cgroup"
+    _write(proc, "4:memory:/\n0::/job\n")
+    _write(root / "unified/cgroup.controllers", "\n")
+    _write(root / "unified/job/memory.max", "2500000000\n")
+    _write(root / "unified/job/memory.current", "500000000\n")
+    _write(root / "memory/memory.limit_in_bytes", "9223372036854771712\n")
+    assert memory._cgroup_room(str(root), str(proc)) == 2_000_000_000
 
 
 def test_cgroup_v1_and_no_limit(tmp_path) -> None:

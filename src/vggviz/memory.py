@@ -7,16 +7,17 @@ of after loading torch and the model, filling the machine and dying in a Runtime
 The bound counts what the engine holds at its worst moment (see ``pipeline.py``):
 
 - network mode: every selected layer's map of the batch, cloned by the hooks and waiting for
-  the drawing thread (which is slower than the forward at large sizes), plus the forward's
-  own tensors at its widest layer (input, conv output, BatchNorm output, the hook's clone,
-  and oneDNN's reordered copies);
+  the drawing thread (which is slower than the forward at large sizes), plus about one more
+  map of the widest layer for the forward's own tensors;
 - chain mode: every map is at full resolution, but at most a few wait to be drawn; the peak
   is a handful of maps of the widest full-resolution layer;
-- drawing: with ``tiles`` channels per picture, a copy of those channels in a few forms.
+- drawing: with ``tiles`` channels per picture, a copy of those channels in a few forms, and
+  every layer's finished picture, which may all wait for the PNG encoder at once.
 
-The constants come from peak RSS measured with ``/usr/bin/time -v`` (see ``tests`` and the
-report in the repository's notes); the estimate is meant to be above the measured peak and
-within about 30% of it.
+The constants come from peak RSS measured with ``/usr/bin/time -v`` over VGG16-BN and
+VGG19-BN runs from 32 to 1344 px, batches of 1-4, chain mode to 672 px, ``--grid all``,
+``--save-raw`` and a 4:1 panorama (NOTES-harden.md): the estimate came out 1.10-1.31 times
+the measured peak. ``tests/test_memory.py`` checks the bound against a real run.
 """
 
 from __future__ import annotations
@@ -160,8 +161,8 @@ def _cgroup_folders(root: Path, proc: Path) -> list[Path]:
         if len(parts) != 3:
             continue
         _, controllers, rel = parts
-        if controllers == "":
-            base = root
+        if controllers == "":  # v2; under root/unified on hybrid (v1 + v2) systems
+            base = root if (root / "cgroup.controllers").exists() else root / "unified"
         elif "memory" in controllers.split(","):
             base = root / "memory"
         else:
