@@ -145,3 +145,17 @@ def test_nan_in_weights_the_maps_never_use_is_accepted(tmp_path, vgg11_random) -
     torch.save(state, path)
     loaded = load_model("vgg11", str(path), device="cpu")
     assert torch.isfinite(loaded.model.features[0].weight).all()
+
+
+def test_odd_key_names_keep_the_message_on_one_line(tmp_path, vgg11_file) -> None:
+    state = _features(vgg11_file)
+    path = tmp_path / "odd.pth"
+    torch.save({**state, "features.0.weight\nrm -rf": state[W0].long()}, path)
+    with pytest.raises(WeightsError) as err:
+        load_model("vgg11", str(path), device="cpu")
+    assert "\n" not in str(err.value)
+    assert "'features.0.weight\\nrm -rf' holds torch.int64 values" in str(err.value)
+    torch.save({**state, "x" * 10_000: state[W0]}, path)
+    with pytest.raises(WeightsError, match=r"unexpected 'xxx+\.\.\.$") as err:
+        load_model("vgg11", str(path), device="cpu")
+    assert len(str(err.value)) < 400

@@ -203,6 +203,7 @@ def _tensor_problem(key: object, value: object) -> str | None:
     dense, real floating-point tensors with data; BatchNorm's step counter is an integer."""
     if not isinstance(key, str):
         return f"key {_short(key)} ({type(key).__name__}) is not a name"
+    key = _name(key)
     if not isinstance(value, torch.Tensor):
         return f"{key} is not a tensor but {type(value).__name__}"
     if value.is_meta:
@@ -221,6 +222,12 @@ def _tensor_problem(key: object, value: object) -> str | None:
 def _short(value: object, most: int = 40) -> str:
     text = repr(value)
     return text if len(text) <= most else text[: most - 3] + "..."
+
+
+def _name(key: str) -> str:
+    """A key as a message shows it: as is when plain, quoted and shortened when it holds
+    line breaks or control characters or is very long (messages stay one line)."""
+    return key if key.isprintable() and len(key) <= 120 else _short(key, 120)
 
 
 def mappable_copy(path: Path) -> Path:
@@ -275,7 +282,7 @@ def _fit(
 ) -> None:
     """Refuse, naming what does not fit, any checkpoint not made for this architecture."""
     own = model.state_dict(keep_vars=True)
-    unexpected = [k for k in state if k not in own]
+    unexpected = [_name(k) for k in state if k not in own]
     shapes = [
         f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
         for k in state
