@@ -38,7 +38,7 @@ FORWARD_COPIES = 1.0
 """Maps of the widest layer the forward holds beyond the held maps (its input, BatchNorm's
 output, oneDNN's reordered copies), per image."""
 
-CHAIN_COPIES = 3.5
+CHAIN_COPIES = 3.75
 """Full-resolution maps of the widest layer alive at once in chain mode (3.1-3.7 measured):
 the two or three waiting to be drawn and the conv's input and output."""
 
