@@ -56,7 +56,7 @@ def test_seed_range_is_torchs() -> None:
     for seed in (options.SEED_MAX + 1, options.SEED_MIN - 1, 99999999999999999999999):
         with pytest.raises((RuntimeError, ValueError)):  # RuntimeError in older torch
             torch.manual_seed(seed)  # ... and the same it refuses
-        with pytest.raises(UsageError, match="a seed must be between") as err:
+        with pytest.raises(UsageError, match=f"^{str(seed)[:20]}.*: a seed must be between") as err:
             options.check_seed(seed)
         assert err.value.param == "seed"
     torch.random.set_rng_state(state)

@@ -27,9 +27,11 @@ _SHARD = re.compile(r"\s*([0-9]+)\s*/\s*([0-9]+)\s*")
 _SHOWN = 40  # longest value echoed in a message
 
 
-def shown(text: str) -> str:
-    """``repr`` of a value for a message, shortened when long (a 240-digit count is noise)."""
-    return repr(text if len(text) <= _SHOWN else text[: _SHOWN - 3] + "...")
+def shown(text: str, quote: bool = True) -> str:
+    """A value for a message (``repr`` unless ``quote`` is false), shortened when long: a
+    240-digit count is noise."""
+    short = text if len(text) <= _SHOWN else text[: _SHOWN - 3] + "..."
+    return repr(short) if quote else short
 
 
 def _bounded(digits: str, most: int) -> int | None:
@@ -70,7 +72,8 @@ def check_seed(seed: int) -> int:
     """``seed`` if ``torch.manual_seed`` accepts it (a RuntimeError there otherwise)."""
     if not SEED_MIN <= seed <= SEED_MAX:
         raise UsageError(
-            f"{shown(str(seed))}: a seed must be between {SEED_MIN} and {SEED_MAX}", param="seed"
+            f"{shown(str(seed), quote=False)}: a seed must be between {SEED_MIN} and {SEED_MAX}",
+            param="seed",
         )
     return seed
 
