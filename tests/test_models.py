@@ -8,7 +8,7 @@ import torch
 import torchvision
 
 from vggviz import models
-from vggviz.errors import DeviceError, WeightsError
+from vggviz.errors import DeviceError, UsageError, WeightsError
 from vggviz.models import imagenet_cache_path, load_model
 
 
@@ -176,8 +176,13 @@ def test_weights_import_checks_the_hash(tmp_path, monkeypatch) -> None:
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 def test_cuda_asked_for_but_absent() -> None:
-    with pytest.raises(DeviceError, match="--device cuda: CUDA is not available here"):
+    with pytest.raises(DeviceError, match="^cuda: CUDA is not available here; use cpu$") as err:
         models.resolve_device("cuda")
+    assert err.value.param == "device"  # the command line names its own flag
+    with pytest.raises(DeviceError, match="^cuda:1: CUDA is not available"):
+        models.resolve_device(" CUDA:01")  # one parser for the syntax: options.parse_device
+    with pytest.raises(UsageError, match="^'tpu': expected auto, cpu, cuda or cuda:N$"):
+        models.resolve_device("tpu")
     assert models.resolve_device("auto") == torch.device("cpu")
 
 

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from vggviz import pictures, render
+from vggviz.errors import UsageError
 
 
 def test_to_uint8_map_scale_stretches_each_map_and_blackens_constant_ones() -> None:
@@ -47,9 +48,40 @@ def test_grid_layout_and_shape_parsing() -> None:
     assert render.grid_shape("2X8", 64) == (2, 8)
     assert render.grid_shape("all", 64) == (8, 8)
     assert render.grid_shape("all", 10) == (3, 4)
-    for bad in ("0x4", "4", "axb", "4x"):
-        with pytest.raises(ValueError, match="expected RxC"):
+    for bad in ("0x4", "4", "axb", "4x", "1x4097"):
+        with pytest.raises(UsageError, match="expected RxC"):
             render.grid_shape(bad, 64)
+
+
+@pytest.mark.parametrize(
+    ("spec", "available", "expected"),
+    [
+        ("1x4096", 64, (1, 64)),  # columns clamp like rows: 64 tiles, not 4096 cells
+        ("4096x4096", 512, (1, 512)),
+        ("3x200", 10, (1, 10)),
+        ("200x3", 10, (4, 3)),
+        ("4x4", 10, (3, 4)),
+        ("4x4", 16, (4, 4)),
+        ("8x8", 1, (1, 1)),
+        ("all", 1, (1, 1)),
+    ],
+)
+def test_grid_shape_never_exceeds_the_channels(spec, available, expected) -> None:
+    rows, cols = render.grid_shape(spec, available)
+    assert (rows, cols) == expected
+    assert (rows - 1) * cols < available  # no empty row
+    assert cols <= available
+
+
+def test_a_wide_grid_draws_only_the_channels_there_are() -> None:
+    """``--grid 1x200000`` used to allocate 11.5 GB of empty cells for 64 tiles; now it is
+    a usage error, and the widest grid allowed is clamped to the channels."""
+    with pytest.raises(UsageError, match="at most 4096 rows and 4096 columns"):
+        render.grid_shape("1x200000", 64)
+    rows, cols = render.grid_shape("1x4096", 64)
+    tiles = np.zeros((64, 8, 8, 3), dtype=np.uint8)
+    out = render.grid(tiles, rows, cols, pad=1)
+    assert out.shape == (1 * 9 + 1, 64 * 9 + 1, 3)
 
 
 def test_colormaps() -> None:

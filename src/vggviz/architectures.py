@@ -13,17 +13,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from vggviz.catalog import ARCHS, IMAGENET_FILES
+from vggviz.catalog import ARCHS, IMAGENET_FILES, blocks
 
 __all__ = ["ARCHS", "IMAGENET_FILES", "VGG", "vgg"]
-
-# conv widths per block; each block ends in a 2x2 max-pool (Simonyan & Zisserman, table 1)
-_BLOCKS = {
-    "vgg11": [[64], [128], [256, 256], [512, 512], [512, 512]],
-    "vgg13": [[64, 64], [128, 128], [256, 256], [512, 512], [512, 512]],
-    "vgg16": [[64, 64], [128, 128], [256, 256, 256], [512, 512, 512], [512, 512, 512]],
-    "vgg19": [[64, 64], [128, 128], [256] * 4, [512] * 4, [512] * 4],
-}
 
 
 class VGG(nn.Module):
@@ -53,10 +45,10 @@ def vgg(arch: str) -> VGG:
 
     Build it under ``torch.device("meta")`` to get the structure for free.
     """
-    base, batch_norm = arch.removesuffix("_bn"), arch.endswith("_bn")
+    batch_norm = arch.endswith("_bn")
     layers: list[nn.Module] = []
     channels = 3
-    for block in _BLOCKS[base]:
+    for block in blocks(arch):
         for width in block:
             layers.append(nn.Conv2d(channels, width, kernel_size=3, padding=1))
             if batch_norm:

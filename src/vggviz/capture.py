@@ -9,9 +9,10 @@ from contextlib import contextmanager, suppress
 import torch
 from torch import nn
 
+from vggviz.catalog import MODES
 from vggviz.layers import ConvLayer
 
-MODES = ("network", "chain")
+__all__ = ["MODES", "capture", "chain_maps", "network_maps"]
 
 
 class _Done(Exception):

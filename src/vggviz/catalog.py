@@ -1,6 +1,8 @@
-"""The architectures vggviz knows and torchvision's ImageNet checkpoint for each.
+"""vggviz's vocabulary: the architectures it knows, with torchvision's ImageNet checkpoint
+for each and their conv widths, and every named choice an option can take.
 
-Plain data with no imports, so the command line can offer the choices without loading torch.
+Plain data with no imports, so the command line can offer the choices (and check a run's
+memory) without loading torch. The library's modules take their names from here.
 """
 
 ARCHS = ("vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn")
@@ -17,8 +19,30 @@ IMAGENET_FILES = {
     "vgg19_bn": "vgg19_bn-c79401a0.pth",
 }
 
-# Picture defaults that depend on the mode: chain mode reproduces the tutorial's picture
-# (first 16 channels, grey, each map stretched on its own); network mode shows the most active
+# conv widths per block; each block ends in a 2x2 max-pool (Simonyan & Zisserman, table 1)
+BLOCKS = {
+    "vgg11": ((64,), (128,), (256, 256), (512, 512), (512, 512)),
+    "vgg13": ((64, 64), (128, 128), (256, 256), (512, 512), (512, 512)),
+    "vgg16": ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512)),
+    "vgg19": ((64, 64), (128, 128), (256,) * 4, (512,) * 4, (512,) * 4),
+}
+
+
+def blocks(arch: str) -> tuple[tuple[int, ...], ...]:
+    """Conv widths per pooling block of ``arch`` (with or without ``_bn``)."""
+    return BLOCKS[arch.removesuffix("_bn")]
+
+
+MODES = ("network", "chain")  # the real forward pass, or the tutorial's conv-only chain
+STAGES = ("conv", "bn", "relu")  # where in a conv layer the network mode takes its map
+SCALES = ("layer", "map")  # one robust scale per layer, or each map stretched on its own
+SELECTS = ("top", "first")  # the strongest channels by mean activation, or the first ones
+PRECISIONS = ("fp32", "bf16")  # arithmetic of the forward pass
+VIEWS = ("rgb", "channel", "mean")  # how a filter picture draws a kernel's input channels
+REDUCES = ("max", "mean")  # how a map is reduced to one number per channel
+
+# Style defaults by mode: chain mode reproduces the tutorial's picture exactly (first 16
+# channels, grey, each map stretched on its own); network mode shows the most active
 # channels on one honest scale per layer.
 STYLE_DEFAULTS = {
     "network": {"select": "top", "cmap": "inferno", "scale": "layer"},

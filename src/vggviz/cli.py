@@ -10,7 +10,6 @@ import atexit
 import contextlib
 import functools
 import os
-import re
 import signal
 import sys
 import time
@@ -20,7 +19,8 @@ from typing import Any
 
 import click
 
-from vggviz import __version__
+from vggviz import __version__, catalog
+from vggviz import options as checks
 from vggviz.catalog import ARCHS
 from vggviz.errors import UsageError, VggvizError
 
@@ -35,14 +35,24 @@ def _on_sigterm(_signum: int, _frame: object) -> None:
     raise Terminated
 
 
-DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
-GRID_RE = re.compile(r"^(all|[1-9]\d*x[1-9]\d*)$")
+def _checked(check: Callable[[Any], Any]) -> Callable[[click.Context, click.Parameter, Any], Any]:
+    """An option callback from a library check: its UsageError becomes click's BadParameter,
+    which names the option (exit 2)."""
+
+    def callback(_ctx: click.Context, _param: click.Parameter, value: Any) -> Any:
+        if value is None:
+            return None
+        try:
+            return check(value)
+        except UsageError as err:
+            raise click.BadParameter(str(err)) from None
+
+    return callback
 
 
-def _check_device(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
-    if not DEVICE_RE.match(value.strip().lower()):
-        raise click.BadParameter(f"{value!r}: expected auto, cpu, cuda or cuda:N")
-    return value.strip().lower()
+def _grid(spec: str) -> str:
+    checks.parse_grid(spec)
+    return spec.strip().lower()
 
 
 def _check_weights(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
@@ -89,18 +99,19 @@ def model_options(func: Callable[..., Any]) -> Callable[..., Any]:
             type=int,
             default=0,
             show_default=True,
+            callback=_checked(checks.check_seed),
             help="Seed for --weights random: torch.manual_seed(N) before building.",
         ),
         click.option(
             "--device",
             default="auto",
             show_default=True,
-            callback=_check_device,
+            callback=_checked(checks.parse_device),
             help="auto (CUDA when available), cpu, cuda or cuda:N.",
         ),
         click.option(
             "--precision",
-            type=click.Choice(["fp32", "bf16"]),
+            type=click.Choice(catalog.PRECISIONS),
             default="fp32",
             show_default=True,
             help="Arithmetic of the forward pass.",
@@ -132,9 +143,12 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return func(*args, **kwargs)
         except UsageError as err:
+            if err.param:
+                raise click.BadParameter(str(err), param_hint=f"'--{err.param}'") from None
             raise click.UsageError(str(err)) from None
         except VggvizError as err:
-            raise click.ClickException(str(err)) from None
+            prefix = f"--{err.param} " if err.param else ""
+            raise click.ClickException(prefix + str(err)) from None
 
     return wrapper
 
@@ -183,7 +197,7 @@ def info(arch: str, size: int) -> None:
 )
 @click.option(
     "--view",
-    type=click.Choice(["rgb", "channel", "mean"]),
+    type=click.Choice(catalog.VIEWS),
     default=None,
     help="rgb: each 3-channel kernel in colour (default for conv1); channel: one "
     "input channel, the tutorial's grey picture; mean: mean over input channels "
@@ -199,7 +213,7 @@ def info(arch: str, size: int) -> None:
 @click.option("--cmap", default="gray", show_default=True, help="Colour map for channel/mean.")
 @click.option(
     "--scale",
-    type=click.Choice(["map", "layer"]),
+    type=click.Choice(catalog.SCALES),
     default="map",
     show_default=True,
     help="map: each kernel on its own scale; layer: one scale for all.",
@@ -252,7 +266,7 @@ def _check_cmap(name: str) -> None:
 @model_options
 @click.option(
     "--mode",
-    type=click.Choice(["network", "chain"]),
+    type=click.Choice(catalog.MODES),
     default="network",
     show_default=True,
     help="network: the network's real activations; chain: the tutorial's conv-only "
@@ -260,7 +274,7 @@ def _check_cmap(name: str) -> None:
 )
 @click.option(
     "--stage",
-    type=click.Choice(["conv", "bn", "relu"]),
+    type=click.Choice(catalog.STAGES),
     default="relu",
     show_default=True,
     help="Network mode: take each map after the conv, BN or ReLU.",
@@ -287,12 +301,18 @@ def _check_cmap(name: str) -> None:
 )
 @click.option(
     "--select",
-    type=click.Choice(["top", "first"]),
+    type=click.Choice(catalog.SELECTS),
     default=None,
     help="Channels drawn: top (largest mean activation) or first. "
     "[default: top; chain mode: first]",
 )
-@click.option("--grid", default="4x4", show_default=True, help="Tiles per picture: RxC or all.")
+@click.option(
+    "--grid",
+    default="4x4",
+    show_default=True,
+    callback=_checked(_grid),
+    help="Tiles per picture: RxC or all (clamped to the layer's channels).",
+)
 @click.option(
     "--cmap",
     default=None,
@@ -300,7 +320,7 @@ def _check_cmap(name: str) -> None:
 )
 @click.option(
     "--scale",
-    type=click.Choice(["layer", "map"]),
+    type=click.Choice(catalog.SCALES),
     default=None,
     help="layer: one robust scale shared by the layer's maps, with a colour bar; map: each "
     "map stretched on its own. [default: layer; chain: map]",
@@ -335,6 +355,7 @@ def _check_cmap(name: str) -> None:
     "--shard",
     default=None,
     metavar="K/N",
+    callback=_checked(lambda text: (checks.parse_shard(text), text)[1]),
     help="Do only the K-th of N deterministic parts of the inputs.",
 )
 @click.option(
@@ -383,8 +404,6 @@ def features(
         vggviz features photos/ --json --quiet | jq .status
         find photos -name '*.jpg' -print0 | vggviz features - --shard 1/4 --skip-existing
     """
-    if not GRID_RE.match(grid.strip().lower()):
-        raise click.BadParameter(f"{grid!r}: expected RxC (like 4x4) or all", param_hint="--grid")
     from vggviz import features as job
 
     request = job.Request(

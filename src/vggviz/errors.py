@@ -6,7 +6,16 @@ from pathlib import Path
 
 
 class VggvizError(Exception):
-    """Base class; the CLI prints ``str(err)`` and exits 1."""
+    """Base class; the CLI prints ``str(err)`` and exits 1.
+
+    ``param`` names the option the error is about (``"device"``, ``"grid"``, ...) when there
+    is one: messages never spell a command-line flag, the command line adds it (for a
+    usage error, as click's ``param_hint``).
+    """
+
+    def __init__(self, *args: object, param: str | None = None) -> None:
+        super().__init__(*args)
+        self.param = param
 
 
 class UsageError(VggvizError):

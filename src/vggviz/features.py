@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from vggviz import inputs, records
+from vggviz import inputs, memory, options, records
 from vggviz.catalog import IMAGENET_FILES, STYLE_DEFAULTS
 from vggviz.errors import OutputError, UsageError, VggvizError, write_error
 from vggviz.records import Record
@@ -143,7 +143,16 @@ def run(request: Request, hooks: Hooks = Hooks(), stdin: BinaryIO | None = None)
     try:
         check_colormap(style["cmap"])
     except ValueError as err:
-        raise UsageError(f"{err}; see matplotlib's colormap list") from None
+        raise UsageError(f"{err}; see matplotlib's colormap list", param="cmap") from None
+    grid = options.parse_grid(request.grid)
+    memory.check_memory(  # before anything heavy is loaded: --size 4000 must not take 9 GB
+        request.arch,
+        request.size,
+        batch_size=request.batch_size,
+        mode=request.mode,
+        save_raw=request.save_raw,
+        tiles=None if grid == "all" else grid[0] * grid[1],
+    )
     work, found, shard = plan(request, stdin)
     prepare_output(request.out_dir)
     if found.hidden or found.not_images:

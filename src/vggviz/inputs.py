@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from typing import BinaryIO
 
 from vggviz.errors import InputError, UsageError
 from vggviz.images import IMAGE_EXTENSIONS
+from vggviz.options import parse_shard  # noqa: F401 (part of this module's interface)
 
 
 @dataclass(frozen=True)
@@ -166,22 +166,6 @@ def _folder_reason(exc: OSError) -> str:
 def _fs_bytes(text: str) -> bytes:
     """Encode a path string as the OS would, so undecodable names still hash."""
     return os.fsencode(text)
-
-
-_SHARD = re.compile(r"\s*([0-9]+)\s*/\s*([0-9]+)\s*")
-
-
-def parse_shard(text: str) -> tuple[int, int]:
-    """Parse ``K/N`` (1-based: ``1/4`` .. ``4/4``) into ``(K, N)``."""
-    match = _SHARD.fullmatch(text)
-    if match is None:
-        raise UsageError(f"shard must look like K/N, e.g. 1/4; got {text!r}")
-    k, n = int(match.group(1)), int(match.group(2))
-    if n < 1:
-        raise UsageError(f"shard count N must be at least 1; got {text!r}")
-    if not 1 <= k <= n:
-        raise UsageError(f"shard number K must be between 1 and N ({n}); got {text!r}")
-    return k, n
 
 
 def shard(items: Sequence[InputItem], k: int, n: int) -> list[InputItem]:

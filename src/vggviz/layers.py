@@ -7,9 +7,10 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from vggviz.catalog import STAGES
 from vggviz.errors import UsageError
 
-STAGES = ("conv", "bn", "relu")
+__all__ = ["STAGES", "ConvLayer", "find_conv_layers", "select_layers"]
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,8 @@ class ConvLayer:
         if target is None:
             raise UsageError(
                 f"{self.alias} ({self.name}) has no {stage.upper()} after it; "
-                f"use --stage conv" + ("" if stage == "bn" else " or bn")
+                f"choose conv" + ("" if stage == "bn" else " or bn"),
+                param="stage",
             )
         return target
 

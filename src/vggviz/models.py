@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import shutil
 import socket
+import warnings
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -18,12 +19,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from vggviz import catalog
 from vggviz.architectures import ARCHS, IMAGENET_FILES, vgg
 from vggviz.errors import DeviceError, UsageError, WeightsError
 from vggviz.layers import ConvLayer, find_conv_layers
+from vggviz.options import parse_device
 from vggviz.writing import atomic_file
 
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+PRECISIONS = {name: _DTYPES[name] for name in catalog.PRECISIONS}  # torch dtype by name
 DOWNLOAD_TIMEOUT_S = 30  # an offline compute node should fail fast, not hang
 
 
@@ -40,22 +44,20 @@ class LoadedModel:
 
 def resolve_device(spec: str) -> torch.device:
     """``auto`` is CUDA when available; asking for CUDA where there is none is an error."""
-    spec = spec.strip().lower()
+    spec = parse_device(spec)
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if spec == "cpu":
         return torch.device("cpu")
-    if spec == "cuda" or spec.startswith("cuda:"):
-        if not torch.cuda.is_available():
-            raise DeviceError(f"--device {spec}: CUDA is not available here; use --device cpu")
-        device = torch.device(spec)
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise DeviceError(
-                f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) "
-                f"(cuda:0..cuda:{torch.cuda.device_count() - 1})"
-            )
-        return device
-    raise UsageError(f"--device {spec!r}: expected auto, cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
+        raise DeviceError(f"{spec}: CUDA is not available here; use cpu", param="device")
+    device = torch.device(spec)
+    count = torch.cuda.device_count()
+    if device.index is not None and device.index >= count:
+        raise DeviceError(
+            f"{spec}: only {count} CUDA device(s) (cuda:0..cuda:{count - 1})", param="device"
+        )
+    return device
 
 
 def bf16_is_native(device: torch.device) -> bool:
@@ -72,7 +74,7 @@ def bf16_is_native(device: torch.device) -> bool:
 
 def check_arch(arch: str) -> str:
     if arch not in ARCHS:
-        raise UsageError(f"unknown --arch {arch!r}: expected one of {', '.join(ARCHS)}")
+        raise UsageError(f"unknown {arch!r}: expected one of {', '.join(ARCHS)}", param="arch")
     return arch
 
 
@@ -171,19 +173,61 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise WeightsError(f"{path}: no such weights file")
     try:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as err:
-            if "zipfile" not in str(err) and "mmap" not in str(err):
-                raise
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # torch's notes on odd contents (sparse checks, TypedStorage) are not the
+            # user's business: such files are refused below with a message of our own
+            warnings.simplefilter("ignore", UserWarning)
+            try:
+                obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as err:
+                if "zipfile" not in str(err) and "mmap" not in str(err):
+                    raise
+                obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
         raise WeightsError(f"{path}: not a loadable state dict ({_reason(err)})") from err
     if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
         obj = obj["state_dict"]
-    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+    if not isinstance(obj, Mapping):
         raise WeightsError(f"{path}: not a state dict (expected a mapping of names to tensors)")
+    for key, value in obj.items():
+        problem = _tensor_problem(key, value)
+        if problem:
+            raise WeightsError(
+                f"{path}: {problem} (a state dict maps names to dense floating-point tensors)"
+            )
     return dict(obj)
+
+
+def _tensor_problem(key: object, value: object) -> str | None:
+    """Why ``key: value`` cannot be a weight of a VGG (None if it can): only string names and
+    dense, real floating-point tensors with data; BatchNorm's step counter is an integer."""
+    if not isinstance(key, str):
+        return f"key {_short(key)} ({type(key).__name__}) is not a name"
+    key = _name(key)
+    if not isinstance(value, torch.Tensor):
+        return f"{key} is not a tensor but {type(value).__name__}"
+    if value.is_meta:
+        return f"{key} is a meta tensor (a shape without data)"
+    if value.is_quantized:
+        return f"{key} is a quantized tensor ({value.dtype})"
+    if value.is_nested or value.layout != torch.strided:
+        return f"{key} is not a dense tensor (layout {value.layout})"
+    if key.rsplit(".", 1)[-1] == "num_batches_tracked":
+        return None  # BatchNorm's step counter: int64 by design, unused in eval mode
+    if not value.is_floating_point():
+        return f"{key} holds {value.dtype} values, not floating point"
+    return None
+
+
+def _short(value: object, most: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= most else text[: most - 3] + "..."
+
+
+def _name(key: str) -> str:
+    """A key as a message shows it: as is when plain, quoted and shortened when it holds
+    line breaks or control characters or is very long (messages stay one line)."""
+    return key if key.isprintable() and len(key) <= 120 else _short(key, 120)
 
 
 def mappable_copy(path: Path) -> Path:
@@ -238,7 +282,7 @@ def _fit(
 ) -> None:
     """Refuse, naming what does not fit, any checkpoint not made for this architecture."""
     own = model.state_dict(keep_vars=True)
-    unexpected = [k for k in state if k not in own]
+    unexpected = [_name(k) for k in state if k not in own]
     shapes = [
         f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
         for k in state
@@ -252,6 +296,7 @@ def _fit(
     ]
     missing = [k for k in wanted if k not in state]
     if not (unexpected or shapes or missing):
+        _check_finite(state, wanted, source)
         return
     problems = []
     if missing:
@@ -267,6 +312,24 @@ def _fit(
         else ""
     )
     raise WeightsError(f"{source} does not fit {arch}: {'; '.join(problems)}{hint}")
+
+
+def _check_finite(state: Mapping[str, torch.Tensor], keys: list[str], source: str) -> None:
+    """Refuse NaN or Inf in the tensors the maps are computed from: one of them spreads to
+    every map after it, and pictures of NaN are black (a warning would scroll away above a
+    folder of useless pictures; nothing in a run can make such weights useful)."""
+    for key in keys:
+        tensor = state[key]
+        if not tensor.is_floating_point() or tensor.numel() == 0:
+            continue
+        # min and max propagate NaN: 20-100x faster here than isfinite(tensor).all()
+        if not bool(torch.isfinite(torch.stack(torch.aminmax(tensor))).all()):
+            nan = int(torch.isnan(tensor).sum())
+            inf = int(torch.isinf(tensor).sum())
+            raise WeightsError(
+                f"{source}: {key} holds {nan} NaN and {inf} infinite value(s) of "
+                f"{tensor.numel()}; these weights cannot give meaningful maps"
+            )
 
 
 def _few(items: list[str], n: int = 3) -> str:
@@ -289,7 +352,9 @@ def load_model(
     """
     check_arch(arch)
     if precision not in PRECISIONS:
-        raise UsageError(f"--precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+        raise UsageError(
+            f"{precision!r}: expected one of {', '.join(PRECISIONS)}", param="precision"
+        )
     device = resolve_device(device) if isinstance(device, str) else device
     dtype = PRECISIONS[precision]
     state: dict[str, torch.Tensor] | None = None

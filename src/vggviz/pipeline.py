@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vggviz import images, pictures, records, writing
+from vggviz import images, memory, options, pictures, records, writing
 from vggviz.capture import chain_maps, network_maps
 from vggviz.errors import InputError, write_error
 from vggviz.inputs import InputItem
@@ -371,6 +371,7 @@ class Engine:
                     _sweep(folder)
                     return skipped_record(item, folder, "finished earlier", earlier)
             image = images.resize_for_model(images.load_rgb(item.path), self.job.size)
+            self._check_memory(item, image.width, image.height)
             if ident is None:
                 raise InputError(item.path, "cannot read file")
             try:
@@ -391,6 +392,31 @@ class Engine:
             return error_record(item, message, err.errno in DISK_FULL)
         array = images.to_array(image, self.job.normalize)
         return _Prepared(item, claim, ident, np.asarray(image), torch.from_numpy(array))
+
+    def _check_memory(self, item: InputItem, width: int, height: int) -> None:
+        """The run was checked for square images; a panorama (up to 4x longer) that cannot
+        fit is this image's error, not the death of the run."""
+        size = self.job.size
+        if width * height <= size * size or memory.check_disabled():
+            return
+        grid = options.parse_grid(self.job.style.grid)
+        kw: dict[str, Any] = {
+            "batch_size": self.job.batch_size,
+            "mode": self.job.mode,
+            "save_raw": self.job.save_raw,
+            "tiles": None if grid == "all" else grid[0] * grid[1],
+            "baseline": False,
+        }
+        arch = self.loaded.arch
+        extra = memory.estimate_peak_bytes(arch, height, width, **kw)
+        extra -= memory.estimate_peak_bytes(arch, size, size, **kw)
+        room = memory.available_bytes()
+        if room is not None and extra > room:
+            raise InputError(
+                item.path,
+                f"a {width}x{height} image needs about {extra / 1e9:.1f} GB more memory "
+                f"than the {room / 1e9:.1f} GB available",
+            )
 
     def _process(self, batch: list[_Prepared], pool, encoder, backlog: _Backlog) -> None:
         outs = [

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-SCALES = ("map", "layer")
-SELECTS = ("first", "top")
+from vggviz.catalog import SCALES, SELECTS  # noqa: F401 (re-exported)
+from vggviz.options import parse_grid
+
 BACKGROUND = (24, 24, 27)
 FOREGROUND = (236, 236, 240)
 MUTED = (160, 160, 170)
@@ -147,15 +148,15 @@ def grid(tiles: np.ndarray, rows: int, cols: int, pad: int = PAD) -> np.ndarray:
 
 
 def grid_shape(spec: str, available: int) -> tuple[int, int]:
-    """``RxC`` or ``all`` (a near-square grid holding every channel) as (rows, cols)."""
-    spec = spec.strip().lower()
-    if spec == "all":
-        cols = int(np.ceil(np.sqrt(available)))
-        return int(np.ceil(available / cols)), cols
-    rows, sep, cols = spec.partition("x")
-    if not sep or not rows.isdigit() or not cols.isdigit() or int(rows) < 1 or int(cols) < 1:
-        raise ValueError(f"grid {spec!r}: expected RxC (like 4x4 or 8x8) or all")
-    return int(rows), int(cols)
+    """``RxC`` or ``all`` (a near-square grid holding every channel) as (rows, cols), both
+    clamped to the ``available`` channels (``1x200000`` of 64 channels is one row of 64)."""
+    parsed, available = parse_grid(spec), max(available, 1)
+    if parsed == "all":
+        cols = math.ceil(math.sqrt(available))
+        return math.ceil(available / cols), cols
+    rows, cols = parsed
+    cols = min(cols, available)
+    return min(rows, math.ceil(available / cols)), cols
 
 
 def label_tiles(

@@ -1,0 +1,119 @@
+"""Option values checked before anything heavy loads: grid, seed, device and shard syntax."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vggviz import catalog, options
+from vggviz.errors import UsageError
+from vggviz.inputs import parse_shard
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ("4x4", (4, 4)),
+        (" 2X8 ", (2, 8)),
+        ("all", "all"),
+        ("ALL", "all"),
+        ("0001x0016", (1, 16)),
+        ("4096x4096", (4096, 4096)),
+    ],
+)
+def test_parse_grid(spec, expected) -> None:
+    assert options.parse_grid(spec) == expected
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("0x0", "'0x0': expected RxC with at least 1 row and 1 column"),
+        ("4x0", "'4x0': expected RxC with at least 1 row and 1 column"),
+        ("4097x1", "'4097x1': expected RxC with at most 4096 rows and 4096 columns"),
+        ("1x1000000000", "'1x1000000000': expected RxC with at most 4096 rows and 4096 columns"),
+        ("1x" + "9" * 5000, "expected RxC with at most 4096 rows"),  # no int() of 5000 digits
+        ("4", "'4': expected RxC (like 4x4 or 8x8) or all"),
+        ("-1x4", "expected RxC (like 4x4 or 8x8) or all"),
+        ("4x4x4", "expected RxC (like 4x4 or 8x8) or all"),
+        ("", "'': expected RxC"),
+    ],
+)
+def test_parse_grid_refuses(spec, message) -> None:
+    with pytest.raises(UsageError) as err:
+        options.parse_grid(spec)
+    assert message in str(err.value)
+    assert err.value.param == "grid"
+    assert "--" not in str(err.value)  # the command line adds its own flag name
+    assert len(str(err.value)) < 120  # a 5000-digit value is not echoed whole
+
+
+def test_seed_range_is_torchs() -> None:
+    state = torch.random.get_rng_state()
+    for seed in (0, 1, options.SEED_MAX, options.SEED_MIN, -1):
+        assert options.check_seed(seed) == seed
+        torch.manual_seed(seed)  # the same values torch accepts
+    for seed in (options.SEED_MAX + 1, options.SEED_MIN - 1, 99999999999999999999999):
+        with pytest.raises((RuntimeError, ValueError)):  # RuntimeError in older torch
+            torch.manual_seed(seed)  # ... and the same it refuses
+        with pytest.raises(UsageError, match=f"^{str(seed)[:20]}.*: a seed must be between") as err:
+            options.check_seed(seed)
+        assert err.value.param == "seed"
+    torch.random.set_rng_state(state)
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ("auto", "auto"),
+        ("CPU", "cpu"),
+        (" cuda ", "cuda"),
+        ("cuda:0", "cuda:0"),
+        ("Cuda:01", "cuda:1"),
+    ],
+)
+def test_parse_device(spec, expected) -> None:
+    assert options.parse_device(spec) == expected
+
+
+@pytest.mark.parametrize("spec", ["tpu", "cuda:", "cuda:-1", "cuda:x", "cpu:0", "", "cuda:1234567"])
+def test_parse_device_refuses(spec) -> None:
+    with pytest.raises(UsageError, match="expected auto, cpu, cuda or cuda:N$") as err:
+        options.parse_device(spec)
+    assert err.value.param == "device"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("1/1000001", "shard count N must be at most 1000000; got '1/1000001'"),
+        ("1/" + "9" * 240, "shard count N must be at most 1000000; got '1/9999999999999999"),
+        ("9" * 240 + "/4", "shard number K must be between 1 and N (4); got '99999"),
+    ],
+)
+def test_shard_counts_are_bounded(text, message) -> None:
+    with pytest.raises(UsageError) as err:
+        parse_shard(text)
+    assert str(err.value).startswith(message)
+    assert len(str(err.value)) < 120
+    assert err.value.param == "shard"
+
+
+def test_largest_shard_count_is_accepted() -> None:
+    assert parse_shard("1000000/1000000") == (1_000_000, 1_000_000)
+    assert parse_shard("007/0010") == (7, 10)
+
+
+def test_one_vocabulary() -> None:
+    """The library's names all come from the catalog, so the command line's choices can."""
+    from vggviz import capture, layers, models, render
+
+    assert capture.MODES is catalog.MODES
+    assert layers.STAGES is catalog.STAGES
+    assert render.SCALES is catalog.SCALES and render.SELECTS is catalog.SELECTS
+    assert tuple(models.PRECISIONS) == catalog.PRECISIONS
+    assert models.PRECISIONS["bf16"] is torch.bfloat16
+    assert set(catalog.STYLE_DEFAULTS) == set(catalog.MODES)
+    for style in catalog.STYLE_DEFAULTS.values():
+        assert style["select"] in catalog.SELECTS and style["scale"] in catalog.SCALES
+    assert catalog.STYLE_DEFAULTS["chain"] == {"select": "first", "cmap": "gray", "scale": "map"}

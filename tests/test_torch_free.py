@@ -1,0 +1,89 @@
+"""Help and usage errors answer at once: they never import torch (1.5 s, and gigabytes of
+address space on a login node)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+# The child runs the console entry point with the given argv and prints whether torch got
+# imported. main() ends a process that loaded torch with os._exit, so its _exit_now is
+# replaced to print first.
+CHILD = """
+import os, sys
+import vggviz.cli as cli
+
+def report(code):
+    print("TORCH", "torch" in sys.modules, code, flush=True)
+    os._exit(code)
+
+cli._exit_now = report
+sys.argv = ["vggviz", *sys.argv[1:]]
+try:
+    cli.main()
+except SystemExit as done:
+    report(done.code if isinstance(done.code, int) else 0)
+"""
+
+
+def _run(*argv: str) -> tuple[bool, int, str]:
+    done = subprocess.run(
+        [sys.executable, "-c", CHILD, *argv],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
+    last = done.stdout.strip().splitlines()[-1].split()
+    assert last[0] == "TORCH", done.stdout + done.stderr
+    return last[1] == "True", int(last[2]), done.stderr
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--help"],
+        ["--version"],
+        ["features", "--help"],
+        ["filters", "--help"],
+        ["info", "--help"],
+        ["weights", "--help"],
+        ["features", "x.jpg", "--grid", "0x0"],
+        ["features", "x.jpg", "--grid", "bogus"],
+        ["features", "x.jpg", "--mode", "bogus"],
+        ["features", "x.jpg", "--stage", "bogus"],
+        ["features", "x.jpg", "--precision", "fp8"],
+        ["features", "x.jpg", "--device", "tpu"],
+        ["features", "x.jpg", "--size", "8"],
+        ["features", "x.jpg", "--shard", "4/3"],
+        ["features", "x.jpg", "--shard", "1/" + "9" * 240],
+        ["features"],
+    ],
+)
+def test_help_and_usage_errors_never_import_torch(tmp_path, argv) -> None:
+    if argv[:2] == ["features", "x.jpg"]:  # never the default imagenet: no download, ever
+        argv = [*argv, "--weights", str(tmp_path / "absent.pth"), "-o", str(tmp_path / "out")]
+    imported, code, stderr = _run(*argv)
+    assert code == (0 if "--help" in argv or "--version" in argv else 2), stderr
+    assert "Traceback" not in stderr
+    assert not imported
+
+
+# Values that cannot work, found by vggviz.options / vggviz.memory before anything heavy.
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["features", "x.jpg", "--grid", "1x1000000000"],
+        ["features", "x.jpg", "--seed", "99999999999999999999999"],
+        ["features", "x.jpg", "--size", "4000", "--mode", "chain"],
+    ],
+)
+def test_absurd_values_are_refused_before_torch(tmp_path, argv) -> None:
+    # a weights file that does not exist: should torch load, it fails fast and offline
+    weights = ["--weights", str(tmp_path / "absent.pth"), "-o", str(tmp_path / "out")]
+    imported, code, stderr = _run(*argv, *weights)
+    assert code == 2, stderr
+    assert "Traceback" not in stderr
+    assert not imported
