@@ -507,3 +507,18 @@ def test_the_output_folder_as_an_input_folder_is_a_usage_error(tmp_path, vgg11_b
     assert result.exit_code == 2
     assert "is the output folder or inside it" in result.stderr
     assert sorted(p.name for p in (tmp_path / "photos").iterdir()) == ["a.png"]
+
+
+def test_a_panorama_too_large_for_memory_fails_alone(tmp_path, vgg11_bn_file, monkeypatch) -> None:
+    from vggviz import memory
+
+    square = write_photo(tmp_path / "in" / "square.png", 40, 40)
+    wide = write_photo(tmp_path / "in" / "wide.png", 40, 160, seed=1)
+    monkeypatch.setattr(memory, "available_bytes", lambda: 1000)  # what is left mid-run
+    monkeypatch.setattr(memory, "check_fits", lambda *a, **k: None)
+    result = invoke(tmp_path / "out", vgg11_bn_file, square, wide, "--json")
+    assert result.exit_code == 1
+    by_name = {Path(r["input"]).name: r for r in lines(result.stdout)}
+    assert by_name["square.png"]["status"] == "ok"
+    assert by_name["wide.png"]["error"].startswith(f"{wide}: a 128x32 image needs about ")
+    assert by_name["wide.png"]["error"].endswith("GB more memory than the 0.0 GB available")
