@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -94,3 +96,12 @@ def load_npz(path: Path) -> dict[str, np.ndarray]:
     """Every array of an ``.npz``, with the file closed again."""
     with np.load(path) as archive:
         return {name: archive[name] for name in archive.files}
+
+
+def wait_for_records(out: Path, n: int, proc: subprocess.Popen, timeout: float = 120) -> None:
+    """Wait until a running vggviz has finished ``n`` images in ``out``."""
+    deadline = time.monotonic() + timeout
+    while len(list(out.rglob("record.json"))) < n:
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "no progress"
+        time.sleep(0.01)

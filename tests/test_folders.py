@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import write_photo
+from conftest import wait_for_records, write_photo
 from PIL import Image
 
 from vggviz import records, writing
@@ -113,14 +113,6 @@ def test_shards_at_once_do_every_image_once(tmp_path, vgg11_bn_file, photos) -> 
     manifests = [lines((out / f"manifest-shard-{k}-of-3.jsonl").read_text()) for k in (1, 2, 3)]
     inputs = [r["input"] for m in manifests for r in m]
     assert sorted(inputs) == sorted(str(p) for p in photos.iterdir())
-
-
-def _wait_for_records(out: Path, n: int, proc: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while len(list(out.rglob(records.RECORD))) < n:
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline, "no progress"
-        time.sleep(0.01)
 
 
 def test_a_rerun_with_other_options_killed_then_resumed(tmp_path, vgg11_bn_file) -> None:
@@ -463,7 +455,7 @@ def test_signals_under_load_stop_cleanly(
 ) -> None:
     out = tmp_path / "out"
     proc = start(out, vgg11_bn_file, photos, "--size", "64", "--save-raw")
-    _wait_for_records(out, 1 + attempt, proc)
+    wait_for_records(out, 1 + attempt, proc)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == code, err
@@ -473,7 +465,7 @@ def test_signals_under_load_stop_cleanly(
 def test_three_ctrl_c_in_50_ms(tmp_path, vgg11_bn_file, photos, busy_cpu) -> None:
     out = tmp_path / "out"
     proc = start(out, vgg11_bn_file, photos, "--size", "64", "--save-raw")
-    _wait_for_records(out, 1, proc)
+    wait_for_records(out, 1, proc)
     for _ in range(3):
         proc.send_signal(signal.SIGINT)
         time.sleep(0.02)
