@@ -53,13 +53,10 @@ def font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
 class TextMask:
     """A text's anti-aliased coverage (0..255), placed ``offset`` from the drawing origin."""
 
-    mask: Image.Image  # mode "L"
+    mask: Image.Image  # mode "L", for pasting onto RGB pictures
+    array: np.ndarray  # the same coverage, for index canvases
     offset: tuple[int, int]
     bbox: tuple[int, int, int, int]  # what ImageDraw.textbbox gives at the origin
-
-    @property
-    def array(self) -> np.ndarray:
-        return np.asarray(self.mask)
 
 
 @functools.lru_cache(maxsize=8192)
@@ -70,7 +67,7 @@ def text_mask(text: str, size: int) -> TextMask:
     x0, y0, x1, y1 = (int(v) for v in f.getbbox(text))
     mask = Image.new("L", (max(1, x1 - x0), max(1, y1 - y0)), 0)
     ImageDraw.Draw(mask).text((-x0, -y0), text, font=f, fill=255)
-    return TextMask(mask, (x0, y0), (x0, y0, x1, y1))
+    return TextMask(mask, np.asarray(mask), (x0, y0), (x0, y0, x1, y1))
 
 
 @functools.lru_cache(maxsize=8192)
