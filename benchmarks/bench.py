@@ -18,6 +18,7 @@ rate is judged against it. Once per bench, the same few photos are drawn in fp32
 and the pictures compared pixel by pixel.
 
 Usage: python benchmarks/bench.py [--device cpu|cuda] [--repeats 3] [--vggviz PATH] [--quick]
+(VGGVIZ_SHARED: the shared folder whose photos/ also feed the test photos; default ../shared)
 """
 
 from __future__ import annotations
@@ -76,7 +77,8 @@ LAYERS = 13  # VGG16-BN's conv layers: each run must write at least one PNG per 
 def source_photos() -> list[Path]:
     """The project's example photos (examples/, searched recursively) and the shared ones."""
     found = []
-    for folder in (REPO / "examples", REPO.parent / "shared" / "photos"):
+    shared = Path(os.environ.get("VGGVIZ_SHARED", REPO.parent / "shared"))
+    for folder in (REPO / "examples", shared / "photos"):
         if folder.is_dir():
             found += sorted((p for p in folder.rglob("*.jpg") if p.is_file()), key=lambda p: p.name)
     unique = list({sha256(p): p for p in found}.values())
