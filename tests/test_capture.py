@@ -130,10 +130,27 @@ def test_only_maps_an_in_place_module_would_overwrite_are_copied(vgg11_bn_random
         seen.clear()
         network_maps(vgg11_bn_random, layers, x, stage, on_map=remember)
         expected = _manual(
-            vgg11_bn_random.features, x, {"conv": nn.Conv2d, "bn": nn.BatchNorm2d}.get(stage, nn.ReLU)
+            vgg11_bn_random.features,
+            x,
+            {"conv": nn.Conv2d, "bn": nn.BatchNorm2d}.get(stage, nn.ReLU),
         )
         for la, want in zip(layers, expected, strict=False):
             torch.testing.assert_close(seen[la.alias][0], want)
+    # the relu map handed over is the very tensor the next module reads: no copy was made
+    pointers = []
+    handle = vgg11_bn_random.features[3].register_forward_pre_hook(
+        lambda _m, inputs: pointers.append(inputs[0].data_ptr())
+    )
+    try:
+        seen.clear()
+        network_maps(vgg11_bn_random, layers, x, "relu", on_map=remember)
+        assert pointers == [seen["conv1"][0].data_ptr()]
+        seen.clear()
+        pointers.clear()
+        network_maps(vgg11_bn_random, layers, x, "bn", on_map=remember)
+        assert pointers != [seen["conv1"][0].data_ptr()]  # bn maps are copies
+    finally:
+        handle.remove()
     assert not followed_in_place(vgg11_bn_random, layers[0].name)  # BN makes a new tensor
     assert followed_in_place(vgg11_bn_random, layers[0].bn)  # ReLU(inplace) overwrites it
     assert not followed_in_place(vgg11_bn_random, layers[0].relu)
