@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from vggviz.capture import capture, chain_maps, network_maps
+from vggviz.capture import capture, chain_maps, followed_in_place, network_maps
 from vggviz.layers import find_conv_layers
 
 
@@ -114,3 +114,49 @@ def test_chain_mode_is_the_tutorials_loop(vgg11_bn_random) -> None:
     # a selection still runs every conv before it
     (only,) = chain_maps(layers, x, [layers[3]])
     torch.testing.assert_close(only[1], results[3])
+
+
+def test_only_maps_an_in_place_module_would_overwrite_are_copied(vgg11_bn_random) -> None:
+    """conv and bn outputs are overwritten by ReLU(inplace) and must be copies; the relu
+    output is the network's own tensor (no copy), and still correct after the forward."""
+    layers = find_conv_layers(vgg11_bn_random)[:3]
+    seen: dict[str, list[torch.Tensor]] = {}
+
+    def remember(layer, tensor: torch.Tensor) -> None:
+        seen.setdefault(layer.alias, []).append(tensor)
+
+    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    for stage in ("conv", "bn", "relu"):
+        seen.clear()
+        network_maps(vgg11_bn_random, layers, x, stage, on_map=remember)
+        expected = _manual(
+            vgg11_bn_random.features,
+            x,
+            {"conv": nn.Conv2d, "bn": nn.BatchNorm2d}.get(stage, nn.ReLU),
+        )
+        for la, want in zip(layers, expected, strict=False):
+            torch.testing.assert_close(seen[la.alias][0], want)
+    # the relu map handed over is the very tensor the next module reads: no copy was made
+    pointers = []
+    handle = vgg11_bn_random.features[3].register_forward_pre_hook(
+        lambda _m, inputs: pointers.append(inputs[0].data_ptr())
+    )
+    try:
+        seen.clear()
+        network_maps(vgg11_bn_random, layers, x, "relu", on_map=remember)
+        assert pointers == [seen["conv1"][0].data_ptr()]
+        seen.clear()
+        pointers.clear()
+        network_maps(vgg11_bn_random, layers, x, "bn", on_map=remember)
+        assert pointers != [seen["conv1"][0].data_ptr()]  # bn maps are copies
+    finally:
+        handle.remove()
+    assert not followed_in_place(vgg11_bn_random, layers[0].name)  # BN makes a new tensor
+    assert followed_in_place(vgg11_bn_random, layers[0].bn)  # ReLU(inplace) overwrites it
+    assert not followed_in_place(vgg11_bn_random, layers[0].relu)
+
+
+def test_without_batch_norm_the_conv_output_is_copied(vgg11_random) -> None:
+    (first, *_) = find_conv_layers(vgg11_random)
+    assert followed_in_place(vgg11_random, first.name)
+    assert not followed_in_place(vgg11_random, first.relu)

@@ -29,20 +29,23 @@ def capture(
     """Forward hooks that store each layer's map at ``stage`` in the yielded dict (by alias),
     or hand it to ``on_map`` as soon as it is computed (so drawing can start early).
 
-    Captured tensors are cloned, because VGG's ReLU works in place and would overwrite a conv
-    output captured before it. The hooks are removed however the block ends.
+    A captured tensor is cloned only when an in-place module comes next (VGG's ReLU would
+    overwrite a conv or BN output captured before it); the ReLU's own output is never written
+    again, so the default relu stage is handed over as is. The hooks are removed however the
+    block ends.
     """
     modules = dict(model.named_modules())
     maps: dict[str, torch.Tensor] = {}
     handles = []
     last = layers[-1].alias if layers else None
 
-    def hook_for(layer: ConvLayer):
+    def hook_for(layer: ConvLayer, copy: bool):
         def hook(_module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
+            fmap = output.detach().clone() if copy else output.detach()
             if on_map is None:
-                maps[layer.alias] = output.detach().clone()
+                maps[layer.alias] = fmap
             else:
-                on_map(layer, output.detach().clone())
+                on_map(layer, fmap)
             if layer.alias == last:
                 raise _Done
 
@@ -50,12 +53,26 @@ def capture(
 
     try:
         for layer in layers:
-            target = modules[layer.stage_module(stage)]
-            handles.append(target.register_forward_hook(hook_for(layer)))
+            name = layer.stage_module(stage)
+            copy = followed_in_place(model, name)
+            handles.append(modules[name].register_forward_hook(hook_for(layer, copy)))
         yield maps
     finally:
         for handle in handles:
             handle.remove()
+
+
+def followed_in_place(model: nn.Module, name: str) -> bool:
+    """Whether the module run right after ``name`` may overwrite its output: the next leaf
+    (``named_modules`` order, VGG's execution order) has ``inplace=True``. Unknown is yes."""
+    leaves = [n for n, m in model.named_modules() if not list(m.children())]
+    if name not in leaves:
+        return True
+    position = leaves.index(name)
+    if position + 1 == len(leaves):
+        return False
+    following = model.get_submodule(leaves[position + 1])
+    return bool(getattr(following, "inplace", False))
 
 
 def network_maps(

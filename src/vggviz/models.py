@@ -84,12 +84,52 @@ def build(arch: str, device: str | torch.device = "meta") -> nn.Module:
         return vgg(check_arch(arch))
 
 
-def build_random(arch: str, seed: int) -> nn.Module:
-    """Exactly ``torch.manual_seed(seed); torchvision.models.<arch>(weights=None)``."""
-    import torchvision
+RNG_CHUNK = 1 << 20  # floats drawn at a time when skipping what torchvision draws for nothing
 
+
+def build_random(arch: str, seed: int) -> nn.Module:
+    """The conv part of ``torch.manual_seed(seed); torchvision.models.<arch>(weights=None)``,
+    number for number, without the classifier (553 MB for vgg16) ever existing.
+
+    torchvision's recipe: every module's default init in construction order (features, then
+    the three classifier Linears: one uniform draw per element), then its init loop redraws
+    each conv's weight (``kaiming_normal_``, fan_out) and zeroes biases; the classifier's own
+    redraws come after the last conv, so they need not happen. The Linears' default draws
+    are replayed into a small buffer: CPU ``uniform_`` takes one 32-bit number per float
+    element in order, so chunks consume the generator exactly as one big tensor would
+    (``tests/test_models.py`` checks the weights against torchvision). The classifier stays
+    on the meta device.
+    """
+    model = build(arch, "meta")
     torch.manual_seed(seed)
-    return torchvision.models.get_model(check_arch(arch), weights=None)
+    features = model.features.to_empty(device="cpu")
+    with torch.no_grad():
+        for module in features:
+            if hasattr(module, "reset_parameters"):
+                module.reset_parameters()  # conv default init draws; BatchNorm draws nothing
+        for module in model.classifier:
+            if isinstance(module, nn.Linear):
+                _skip_uniform(module.weight.numel())
+                if module.bias is not None:
+                    _skip_uniform(module.bias.numel())
+        for module in features:
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+                if module.bias is not None:
+                    nn.init.constant_(module.bias, 0)
+            elif isinstance(module, nn.BatchNorm2d):
+                nn.init.constant_(module.weight, 1)
+                nn.init.constant_(module.bias, 0)
+    return model
+
+
+def _skip_uniform(count: int) -> None:
+    """Advance the default generator as ``torch.empty(count).uniform_()`` would."""
+    buffer = torch.empty(min(count, RNG_CHUNK))
+    while count > 0:
+        n = min(count, RNG_CHUNK)
+        buffer[:n].uniform_()
+        count -= n
 
 
 # --- ImageNet weights through torchvision's weights API and torch.hub's cache -----------------

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from vggviz import render
 from vggviz.render import BACKGROUND, FOREGROUND, MUTED, PAD, ColourBar
@@ -65,15 +65,26 @@ def layer_picture(
         bar = ColourBar(
             render.colormap(style.cmap), *value_range, "one scale for every map of the layer"
         )
-    lut = render.colormap(style.cmap)
     if style.overlay and photo is not None:
+        # the photo's colours are many: overlays stay RGB
+        lut = render.colormap(style.cmap)
         heat = render.upsample(gray, photo.shape[:2])
         tiles = np.stack([render.overlay(photo, lut[m], m) for m in heat])
+        tiles = render.resize_tiles(tiles, render.tile_factor(*tiles.shape[1:3], cols))
+        body = Image.fromarray(render.grid(tiles, rows, cols))
+        render.label_tiles(
+            body, [f"#{i}" for i in channels], (tiles.shape[2], tiles.shape[1]), cols
+        )
+        pal = None
     else:
-        tiles = render.colourize(gray, lut)
-    tiles = render.resize_tiles(tiles, render.tile_factor(*tiles.shape[1:3], cols))
-    body = Image.fromarray(render.grid(tiles, rows, cols))
-    render.label_tiles(body, [f"#{i}" for i in channels], (tiles.shape[2], tiles.shape[1]), cols)
+        # one palette index per pixel; a reduced map is averaged before its colours
+        pal = render.palette(style.cmap)
+        small = render.resize_tiles(gray, render.tile_factor(*gray.shape[1:3], cols))
+        tiles = pal.levels[small]
+        body = render.grid(tiles, rows, cols, fill=pal.solid[BACKGROUND])
+        render.label_indexed(
+            body, pal, [f"#{i}" for i in channels], (tiles.shape[2], tiles.shape[1]), cols
+        )
     chosen_how = (
         f"{len(channels)} strongest of {c} channels (largest mean)"
         if style.select == "top"
@@ -91,6 +102,8 @@ def layer_picture(
         + ("  ·  overlay" if style.overlay else ""),
     ]
     warning = random_warning(caption.random, caption.weights)
+    if pal is not None:
+        return render.figure_indexed(body, pal, title, bar, warning), channels
     return render.figure(body, title, bar, warning), channels
 
 
@@ -198,13 +211,12 @@ def overview_picture(
     width = label_w + n * (tile_w + PAD) + PAD
     height = len(rows) * (tile_h + PAD) + PAD
     body = Image.new("RGB", (width, height), BACKGROUND)
-    draw = ImageDraw.Draw(body)
     for i, row in enumerate(rows):
         y = PAD + i * (tile_h + PAD)
-        draw.text((8, y + 6), row.alias, font=render.font(20), fill=FOREGROUND)
+        render.draw_text(body, (8, y + 6), row.alias, 20, FOREGROUND)
         c, h, w = row.shape
-        draw.text((8, y + 32), row.module, font=render.font(13), fill=MUTED)
-        draw.text((8, y + 50), f"{c}x{h}x{w}", font=render.font(13), fill=MUTED)
+        render.draw_text(body, (8, y + 32), row.module, 13, MUTED)
+        render.draw_text(body, (8, y + 50), f"{c}x{h}x{w}", 13, MUTED)
         for j, tile in enumerate(row.tiles):
             body.paste(Image.fromarray(tile), (label_w + j * (tile_w + PAD), y))
         render.label_tiles(

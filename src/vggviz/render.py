@@ -3,13 +3,19 @@
 Everything here takes numpy arrays and returns PIL images or arrays; nothing is mutated and
 nothing touches pyplot. Grids are composed in numpy, which is about a thousand times faster
 than one matplotlib subplot per tile.
+
+Layer pictures are palette ("P") images: a map is one 8-bit value per pixel through a colour
+map, so the picture is an index array and a 256-entry palette shared between MAP_LEVELS levels
+of the colour map and short ramps of text shades. Such a PNG deflates about 6x faster and is
+about 4x smaller than the same picture in RGB. Text is rendered once per distinct label into
+a cached coverage mask and pasted.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,6 +27,8 @@ from vggviz.options import parse_grid
 BACKGROUND = (24, 24, 27)
 FOREGROUND = (236, 236, 240)
 MUTED = (160, 160, 170)
+WARNING = (255, 170, 60)
+LABEL_BOX = (0, 0, 0)
 PAD = 4
 TILE_TARGET = 224  # small maps are enlarged (nearest) to about this many pixels
 TILE_MAX = 768  # huge maps are reduced to at most this many pixels
@@ -28,9 +36,134 @@ GRID_WIDTH = 3600  # widest grid row, in pixels, before tiles shrink
 LAYER_PERCENTILES = (0.5, 99.9)  # robust ends of a layer-wide scale
 
 
+MAP_LEVELS = 224  # palette entries for the colour map; the rest hold text shades
+TEXT_SHADES = 6  # anti-aliasing shades between a text colour and its background
+TEXT_PAIRS = ((FOREGROUND, BACKGROUND), (MUTED, BACKGROUND), (WARNING, BACKGROUND))
+LABEL_PAIR = (FOREGROUND, LABEL_BOX)
+
+
 @functools.cache
 def font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     return ImageFont.load_default(size=size)
+
+
+# --- text, rendered once per distinct (text, size) ------------------------------------------
+
+
+@dataclass(frozen=True)
+class TextMask:
+    """A text's anti-aliased coverage (0..255), placed ``offset`` from the drawing origin."""
+
+    mask: Image.Image  # mode "L", for pasting onto RGB pictures
+    array: np.ndarray  # the same coverage, for index canvases
+    offset: tuple[int, int]
+    bbox: tuple[int, int, int, int]  # what ImageDraw.textbbox gives at the origin
+
+
+@functools.lru_cache(maxsize=8192)
+def text_mask(text: str, size: int) -> TextMask:
+    """The coverage of ``text`` in ``font(size)``; channel labels and layer names repeat on
+    every picture of every photo, and FreeType was 0.14 core-s per photo."""
+    f = font(size)
+    x0, y0, x1, y1 = (int(v) for v in f.getbbox(text))
+    mask = Image.new("L", (max(1, x1 - x0), max(1, y1 - y0)), 0)
+    ImageDraw.Draw(mask).text((-x0, -y0), text, font=f, fill=255)
+    return TextMask(mask, np.asarray(mask), (x0, y0), (x0, y0, x1, y1))
+
+
+@functools.lru_cache(maxsize=8192)
+def text_length(text: str, size: int) -> float:
+    """Advance width of ``text``, as ``ImageDraw.textlength``."""
+    return font(size).getlength(text)
+
+
+def draw_text(
+    image: Image.Image, xy: tuple[int, int], text: str, size: int, fill: tuple[int, int, int]
+) -> None:
+    """``ImageDraw.text`` on an RGB image, from the cached mask (same place, same coverage)."""
+    if not text:
+        return
+    m = text_mask(text, size)
+    image.paste(fill, (xy[0] + m.offset[0], xy[1] + m.offset[1]), m.mask)
+
+
+# --- palette pictures ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Palette:
+    """256 colours: MAP_LEVELS levels of a colour map, then solid interface colours and text
+    ramps. ``levels`` takes a 0..255 map value to its palette index (at most one 8-bit step
+    away from the exact colour map entry); ``ramps[(fg, bg)]`` holds the indices of bg, the
+    TEXT_SHADES blends and fg."""
+
+    colours: np.ndarray  # (256, 3) uint8
+    levels: np.ndarray  # (256,) uint8
+    ramps: dict[tuple[tuple[int, int, int], tuple[int, int, int]], np.ndarray]
+    solid: dict[tuple[int, int, int], int]
+
+    def flat(self) -> list[int]:
+        return self.colours.reshape(-1).tolist()
+
+
+@functools.cache
+def palette(cmap: str) -> Palette:
+    """The palette of layer pictures drawn with colour map ``cmap``."""
+    lut = colormap(cmap)
+    top = MAP_LEVELS - 1
+    levels = np.rint(np.arange(256) * (top / 255)).astype(np.uint8)
+    represented = np.rint(np.arange(MAP_LEVELS) * (255 / top)).astype(np.int64)
+    colours = [tuple(int(v) for v in lut[i]) for i in represented]
+    solid: dict[tuple[int, int, int], int] = {}
+    for colour in (BACKGROUND, FOREGROUND, MUTED, WARNING, LABEL_BOX):
+        solid[colour] = len(colours)
+        colours.append(colour)
+    ramps = {}
+    for fg, bg in (*TEXT_PAIRS, LABEL_PAIR):
+        ramp = [solid[bg]]
+        for k in range(1, TEXT_SHADES + 1):
+            a = k / (TEXT_SHADES + 1)
+            ramp.append(len(colours))
+            colours.append(tuple(int(b + (f - b) * a + 0.5) for f, b in zip(fg, bg, strict=True)))
+        ramps[(fg, bg)] = np.array([*ramp, solid[fg]], dtype=np.uint8)
+    assert len(colours) <= 256, "palette overflow"  # fixed by the constants above
+    table = np.zeros((256, 3), dtype=np.uint8)
+    table[: len(colours)] = colours
+    return Palette(table, levels, ramps, solid)
+
+
+def paste_text(
+    canvas: np.ndarray,
+    xy: tuple[int, int],
+    text: str,
+    size: int,
+    ramp: np.ndarray,
+) -> None:
+    """Text into an index canvas (in place): coverage quantised to ``ramp``'s shades, drawn
+    over its background colour (ramp[0]), which the canvas must already hold there."""
+    if not text:
+        return
+    m = text_mask(text, size)
+    x, y = xy[0] + m.offset[0], xy[1] + m.offset[1]
+    cover = m.array
+    h, w = cover.shape
+    # clip to the canvas, as Pillow does
+    x0, y0 = max(0, -x), max(0, -y)
+    x1, y1 = min(w, canvas.shape[1] - x), min(h, canvas.shape[0] - y)
+    if x1 <= x0 or y1 <= y0:
+        return
+    cover = cover[y0:y1, x0:x1]
+    steps = len(ramp) - 1
+    shade = (cover.astype(np.uint16) * steps + 127) // 255
+    region = canvas[y + y0 : y + y1, x + x0 : x + x1]
+    np.copyto(region, ramp[shade], where=shade > 0)
+
+
+def indexed_image(canvas: np.ndarray, pal: Palette) -> Image.Image:
+    """An index canvas as a "P" image with ``pal``'s colours."""
+    image = Image.fromarray(canvas)  # mode "L", no copy of the pixels
+    image.putpalette(pal.flat())  # now "P"
+    return image
 
 
 @functools.cache
@@ -135,11 +268,20 @@ def resize_tiles(tiles: np.ndarray, factor: float) -> np.ndarray:
     )
 
 
-def grid(tiles: np.ndarray, rows: int, cols: int, pad: int = PAD) -> np.ndarray:
-    """(N, h, w, 3) tiles laid out row by row on the background colour; empty cells stay blank."""
+def grid(
+    tiles: np.ndarray,
+    rows: int,
+    cols: int,
+    pad: int = PAD,
+    fill: int | tuple[int, int, int] = BACKGROUND,
+) -> np.ndarray:
+    """(N, h, w, 3) colour tiles, or (N, h, w) palette indices, laid out row by row on
+    ``fill`` (the background colour, or its index); empty cells stay blank."""
     n, h, w = tiles.shape[:3]
-    out = np.empty((rows * (h + pad) + pad, cols * (w + pad) + pad, 3), dtype=np.uint8)
-    out[:] = BACKGROUND
+    out = np.empty(
+        (rows * (h + pad) + pad, cols * (w + pad) + pad, *tiles.shape[3:]), dtype=np.uint8
+    )
+    out[:] = fill
     for i in range(min(n, rows * cols)):
         r, c = divmod(i, cols)
         y, x = pad + r * (h + pad), pad + c * (w + pad)
@@ -169,14 +311,40 @@ def label_tiles(
 ) -> None:
     """Write a small label (the channel index) in the top-left corner of each cell."""
     draw = ImageDraw.Draw(image)
-    f = font(13)
+    for (x, y), box, text in _label_boxes(labels, cell, cols, origin, pad):
+        draw.rectangle(box, fill=LABEL_BOX)
+        draw_text(image, (x, y), text, 13, FOREGROUND)
+
+
+def label_indexed(
+    canvas: np.ndarray,
+    pal: Palette,
+    labels: Sequence[str],
+    cell: tuple[int, int],
+    cols: int,
+    origin: tuple[int, int] = (0, 0),
+    pad: int = PAD,
+) -> None:
+    """:func:`label_tiles` on an index canvas (in place)."""
+    box_index = pal.solid[LABEL_BOX]
+    ramp = pal.ramps[LABEL_PAIR]
+    height, width = canvas.shape
+    for xy, box, text in _label_boxes(labels, cell, cols, origin, pad):
+        x0, y0 = max(0, box[0]), max(0, box[1])
+        canvas[y0 : min(height, box[3] + 1), x0 : min(width, box[2] + 1)] = box_index
+        paste_text(canvas, xy, text, 13, ramp)
+
+
+def _label_boxes(
+    labels: Sequence[str], cell: tuple[int, int], cols: int, origin: tuple[int, int], pad: int
+) -> Iterator[tuple[tuple[int, int], tuple[int, int, int, int], str]]:
+    """Where each label's text goes and its box (inclusive corners), cell by cell."""
     for i, text in enumerate(labels):
         r, c = divmod(i, cols)
-        x = origin[0] + pad + c * (cell[0] + pad)
-        y = origin[1] + pad + r * (cell[1] + pad)
-        box = draw.textbbox((x + 3, y + 2), text, font=f)
-        draw.rectangle((box[0] - 3, box[1] - 2, box[2] + 3, box[3] + 2), fill=(0, 0, 0))
-        draw.text((x + 3, y + 2), text, font=f, fill=FOREGROUND)
+        x = origin[0] + pad + c * (cell[0] + pad) + 3
+        y = origin[1] + pad + r * (cell[1] + pad) + 2
+        b = text_mask(text, 13).bbox
+        yield (x, y), (x + b[0] - 3, y + b[1] - 2, x + b[2] + 3, y + b[3] + 2), text
 
 
 # --- figure furniture ------------------------------------------------------------------------
@@ -194,6 +362,22 @@ def _fmt(value: float) -> str:
     return f"{value:.3g}"
 
 
+@dataclass(frozen=True)
+class _Layout:
+    width: int
+    top: int  # the body's first row
+    heights: list[int]
+
+
+def _layout(body_width: int, title: Sequence[str], bar: ColourBar | None, warning: str | None):
+    # wide enough for every line of text: a narrow grid must not cut its title off
+    lines = [(22, title[0]), *((15, t) for t in [*title[1:], warning or ""])]
+    text_width = max(text_length(t, size) for size, t in lines) + 2 * (PAD + 6)
+    width = max(body_width, 520, math.ceil(text_width))
+    heights = [30] + [21] * (len(title) - 1) + ([22] if warning else []) + ([40] if bar else [])
+    return _Layout(width, 10 + sum(heights) + 6, heights)
+
+
 def figure(
     body: np.ndarray | Image.Image,
     title: Sequence[str],
@@ -202,43 +386,69 @@ def figure(
 ) -> Image.Image:
     """Body under a title block (first line large), an optional warning line and colour bar."""
     body_img = body if isinstance(body, Image.Image) else Image.fromarray(body)
-    big, small = font(22), font(15)
-    # wide enough for every line of text: a narrow grid must not cut its title off
-    lines = [(big, title[0]), *((small, t) for t in [*title[1:], warning or ""])]
-    text_width = max(f.getlength(t) for f, t in lines) + 2 * (PAD + 6)
-    width = max(body_img.width, 520, math.ceil(text_width))
-    heights = [30] + [21] * (len(title) - 1) + ([22] if warning else []) + ([40] if bar else [])
-    top = 10 + sum(heights) + 6
+    layout = _layout(body_img.width, title, bar, warning)
+    width, top = layout.width, layout.top
     canvas = Image.new("RGB", (width, top + body_img.height), BACKGROUND)
-    draw = ImageDraw.Draw(canvas)
     y = 10
     for i, line in enumerate(title):
-        draw.text(
-            (PAD + 6, y), line, font=big if i == 0 else small, fill=FOREGROUND if i == 0 else MUTED
-        )
-        y += heights[i]
+        size, fill = (22, FOREGROUND) if i == 0 else (15, MUTED)
+        draw_text(canvas, (PAD + 6, y), line, size, fill)
+        y += layout.heights[i]
     if warning:
-        draw.text((PAD + 6, y), warning, font=small, fill=(255, 170, 60))
+        draw_text(canvas, (PAD + 6, y), warning, 15, WARNING)
         y += 22
     if bar:
-        _draw_bar(canvas, draw, bar, (PAD + 6, y + 2), min(360, width - 2 * PAD - 12))
+        at, length = (PAD + 6, y + 2), min(360, width - 2 * PAD - 12)
+        ramp = bar.lut[np.linspace(0, 255, length).astype(np.int64)]
+        canvas.paste(Image.fromarray(np.repeat(ramp[None], 12, axis=0)), at)
+        for xy, text in _bar_labels(bar, at, length):
+            draw_text(canvas, xy, text, 13, MUTED)
     canvas.paste(body_img, ((width - body_img.width) // 2, top))
     return canvas
 
 
-def _draw_bar(
-    canvas: Image.Image, draw: ImageDraw.ImageDraw, bar: ColourBar, at: tuple[int, int], length: int
-) -> None:
-    ramp = bar.lut[np.linspace(0, 255, length).astype(np.int64)]
-    strip = np.repeat(ramp[None], 12, axis=0)
-    canvas.paste(Image.fromarray(strip), at)
-    f = font(13)
+def figure_indexed(
+    body: np.ndarray,
+    pal: Palette,
+    title: Sequence[str],
+    bar: ColourBar | None = None,
+    warning: str | None = None,
+) -> Image.Image:
+    """:func:`figure` for a body of palette indices: a "P" image with ``pal``'s colours.
+    The colour bar uses the palette's map levels (``bar.lut`` is not needed)."""
+    layout = _layout(body.shape[1], title, bar, warning)
+    width, top = layout.width, layout.top
+    canvas = np.full((top + body.shape[0], width), pal.solid[BACKGROUND], dtype=np.uint8)
+    y = 10
+    for i, line in enumerate(title):
+        size, fg = (22, FOREGROUND) if i == 0 else (15, MUTED)
+        paste_text(canvas, (PAD + 6, y), line, size, pal.ramps[(fg, BACKGROUND)])
+        y += layout.heights[i]
+    if warning:
+        paste_text(canvas, (PAD + 6, y), warning, 15, pal.ramps[(WARNING, BACKGROUND)])
+        y += 22
+    if bar:
+        (x, y0), length = (PAD + 6, y + 2), min(360, width - 2 * PAD - 12)
+        ramp = pal.levels[np.linspace(0, 255, length).astype(np.int64)]
+        canvas[y0 : y0 + 12, x : x + length] = ramp
+        for xy, text in _bar_labels(bar, (x, y0), length):
+            paste_text(canvas, xy, text, 13, pal.ramps[(MUTED, BACKGROUND)])
+    left = (width - body.shape[1]) // 2
+    canvas[top:, left : left + body.shape[1]] = body
+    return indexed_image(canvas, pal)
+
+
+def _bar_labels(
+    bar: ColourBar, at: tuple[int, int], length: int
+) -> list[tuple[tuple[int, int], str]]:
+    """The colour bar's low and high values under its ends, and its label after it."""
     y = at[1] + 15
-    draw.text((at[0], y), _fmt(bar.low), font=f, fill=MUTED)
     high = _fmt(bar.high)
-    draw.text((at[0] + length - draw.textlength(high, font=f), y), high, font=f, fill=MUTED)
-    mid = bar.label
-    draw.text((at[0] + length + 12, at[1] - 1), mid, font=f, fill=MUTED)
+    return [
+        ((at[0], y), _fmt(bar.low)),
+        ((int(at[0] + length - text_length(high, 13)), y), high),
+        ((at[0] + length + 12, at[1] - 1), bar.label),
+    ]
 
 
 def colourize(gray: np.ndarray, lut: np.ndarray) -> np.ndarray:

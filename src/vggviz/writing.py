@@ -25,7 +25,11 @@ from PIL import Image
 from vggviz.records import dumps
 
 TMP_SUFFIX = ".vggviz-tmp"
-PNG_COMPRESS_LEVEL = 1  # with run-length matching (Z_RLE): 5x faster than Pillow's default
+PNG_COMPRESS_LEVEL = 1  # 5x faster than Pillow's default, a few % larger
+# RGB: run-length matching (Z_RLE) is the fastest at the same size. Palette pictures (one
+# byte a pixel) deflate 25% smaller with ordinary matching, at the same speed (layer pictures
+# of a 336x224 photo: 2.5 MB instead of 3.3 MB, RGB was 5.4 MB).
+PNG_STRATEGY = {"RGB": zlib.Z_RLE, "P": zlib.Z_DEFAULT_STRATEGY}
 
 
 def _umask() -> int:
@@ -83,8 +87,10 @@ def atomic_file(path: Path, mode: str = "wb") -> Iterator[IO[Any]]:
 
 
 def save_png(image: Image.Image, path: Path) -> Path:
+    """``image`` (RGB, or palette "P") as a PNG at ``path``, written atomically."""
     buffer = io.BytesIO()  # encode first: the file then exists only for one short write
-    image.save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL, compress_type=zlib.Z_RLE)
+    strategy = PNG_STRATEGY.get(image.mode, zlib.Z_RLE)
+    image.save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL, compress_type=strategy)
     with atomic_file(path) as f:
         f.write(buffer.getbuffer())
     return path
