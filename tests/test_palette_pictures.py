@@ -85,8 +85,8 @@ def test_a_few_layers_of_a_real_run_keep_their_colours(tmp_path: Path, vgg11_bn_
     args += ["--size", "32", "--device", "cpu", "--save-raw", "--layers", "1,4,8", "-o", str(out)]
     result = CliRunner().invoke(cli, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    record = json.loads((out / "photo" / "record.json").read_text())
-    with np.load(out / "photo" / "maps.npz") as raw:
+    record = json.loads((out / "photo_png" / "record.json").read_text())
+    with np.load(out / "photo_png" / "maps.npz") as raw:
         maps = {name: raw[name] for name in raw.files}
     lut = render.colormap("inferno")
     for layer in record["layers"]:
@@ -98,7 +98,7 @@ def test_a_few_layers_of_a_real_run_keep_their_colours(tmp_path: Path, vgg11_bn_
         zoom = int(render.tile_factor(*fmap.shape[1:], 4))
         worst_rgb, worst_level = _tile_errors(px, gray, lut, 4, zoom)
         assert worst_level <= 1 and worst_rgb <= 5, layer["name"]
-    with Image.open(out / "photo" / "overview.png") as im:
+    with Image.open(out / "photo_png" / "overview.png") as im:
         assert im.mode == "RGB"  # it holds the photo
 
 

@@ -454,7 +454,8 @@ class _Signals:
 
     def __exit__(self, *_exc: object) -> None:
         for sig, old in self._old.items():
-            signal.signal(sig, old)
+            # after a stop was asked for, more Ctrl-C while the run winds down change nothing
+            signal.signal(sig, signal.SIG_IGN if self.received else old)
 
     def _handle(self, signum: int, _frame: object) -> None:
         self.received = self.received or signum
@@ -697,6 +698,8 @@ def _exit_now(code: int) -> None:
     removes the temporary config folder it makes where $HOME is not writable) and the
     standard streams.
     """
+    for sig in (signal.SIGINT, signal.SIGTERM):  # exiting already: nothing left to stop
+        signal.signal(sig, signal.SIG_IGN)
     with contextlib.suppress(Exception):
         atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
