@@ -49,14 +49,16 @@ def layer_picture(
     caption: Caption,
     style: Style,
     photo: np.ndarray | None = None,
+    means: np.ndarray | None = None,
 ) -> tuple[Image.Image, list[int]]:
     """A grid of the channels of one layer's (C, H, W) map, each labelled with its index.
 
-    Returns the picture and the channel indices drawn, in drawing order.
+    Returns the picture and the channel indices drawn, in drawing order. ``means``: the
+    channels' mean activations, if the caller has them already.
     """
     c, h, w = fmap.shape
     rows, cols = render.grid_shape(style.grid, c)
-    channels = render.select_channels(fmap, rows * cols, style.select)
+    channels = render.select_channels(fmap, rows * cols, style.select, means)
     rows = min(rows, -(-len(channels) // cols))
     chosen = fmap[channels]
     bar = None
@@ -186,10 +188,10 @@ OVERVIEW_MAPS = 8
 
 
 def overview_tiles(
-    fmap: np.ndarray, style: Style, count: int = OVERVIEW_MAPS
+    fmap: np.ndarray, style: Style, count: int = OVERVIEW_MAPS, means: np.ndarray | None = None
 ) -> tuple[np.ndarray, list[int]]:
     """The strongest ``count`` maps of a layer as small square-ish colour tiles."""
-    channels = render.select_channels(fmap, count, "top")
+    channels = render.select_channels(fmap, count, "top", means)
     chosen = fmap[channels]
     gray, _ = render.scaled(chosen, style.scale)
     h, w = gray.shape[1:]

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vggviz import images, memory, options, pictures, records, writing
+from vggviz import images, memory, options, pictures, records, render, writing
 from vggviz.capture import chain_maps, network_maps
 from vggviz.errors import InputError, write_error
 from vggviz.inputs import InputItem
@@ -104,6 +104,7 @@ class ImageOutput:
                 fmap = _finite(fmap)
             # near float32's limit, means and spans overflow again: the picture is still right
             with np.errstate(over="ignore", invalid="ignore"):
+                means = render.channel_means(fmap)  # once, for the picture, overview, record
                 image, channels = pictures.layer_picture(
                     fmap,
                     alias=layer.alias,
@@ -111,17 +112,18 @@ class ImageOutput:
                     caption=self.caption,
                     style=self.job.style,
                     photo=self.photo,
+                    means=means,
                 )
             path = self._save(image, self.folder / records.picture_name(layer.index, layer.alias))
             if self.raw:
                 self.raw.add(layer.alias, fmap)
             if self.job.overview:
                 with np.errstate(over="ignore", invalid="ignore"):
-                    tiles, top = pictures.overview_tiles(fmap, self.job.style)
+                    tiles, top = pictures.overview_tiles(fmap, self.job.style, means=means)
                 self.rows.append(
                     pictures.OverviewRow(layer.alias, layer.name, fmap.shape, tiles, top)
                 )
-            self.layers.append(_layer_stats(layer, fmap, finite, channels, path))
+            self.layers.append(_layer_stats(layer, fmap, means, finite, channels, path))
         except OSError as err:
             self._failed(err)
 
@@ -206,13 +208,18 @@ def _finite(fmap: np.ndarray) -> np.ndarray:
 
 
 def _layer_stats(
-    layer: ConvLayer, fmap: np.ndarray, finite: bool, channels: list[int], path: Path
+    layer: ConvLayer,
+    fmap: np.ndarray,
+    means: np.ndarray,
+    finite: bool,
+    channels: list[int],
+    path: Path,
 ) -> records.LayerStats:
     return {
         "name": layer.alias,
         "module": layer.name,
-        "shape": list(fmap.shape),
-        "mean": round(float(fmap.mean(dtype=np.float64)), 6) if finite else None,
+        "shape": list(fmap.shape),  # every channel has H x W values: the mean of the means
+        "mean": round(float(means.mean(dtype=np.float64)), 6) if finite else None,
         "max": round(float(fmap.max()), 6) if finite else None,
         "zero_fraction": round(float(np.count_nonzero(fmap == 0) / fmap.size), 6),
         "nonfinite": not finite,

@@ -228,13 +228,21 @@ def scaled(maps: np.ndarray, scale: str) -> tuple[np.ndarray, tuple[float, float
     return to_uint8(maps, "layer", value_range), value_range
 
 
-def select_channels(maps: np.ndarray, count: int, how: str) -> list[int]:
+def channel_means(maps: np.ndarray) -> np.ndarray:
+    """Mean activation of each channel of (C, H, W), the ranking of ``top``."""
+    return maps.reshape(maps.shape[0], -1).mean(axis=1)
+
+
+def select_channels(
+    maps: np.ndarray, count: int, how: str, means: np.ndarray | None = None
+) -> list[int]:
     """Indices of ``count`` channels of (C, H, W): the first ones, or the ``top`` ones by
-    mean activation (strongest first; ties keep channel order)."""
+    mean activation (strongest first; ties keep channel order). ``means`` saves computing
+    :func:`channel_means` again when the caller has them."""
     count = min(count, maps.shape[0])
     if how == "first":
         return list(range(count))
-    means = maps.reshape(maps.shape[0], -1).mean(axis=1)
+    means = channel_means(maps) if means is None else means
     order = np.argsort(-means, kind="stable")
     return [int(i) for i in order[:count]]
 
