@@ -333,3 +333,19 @@ def test_killed_then_resumed_equals_an_uninterrupted_run(
         assert (out / "top-matrix" / name).read_bytes() == (
             whole / "top-matrix" / name
         ).read_bytes()
+
+
+def test_highlight_reuses_the_scan_and_colours_the_crops(tmp_path, red_detector) -> None:
+    photos = tmp_path / "photos"
+    red_dots(photos)
+    out = tmp_path / "out"
+    args = ("--no-normalize", "--layers", "conv2", "-k", "2")
+    assert top(out, red_detector, photos, *args).exit_code == 0
+    plain_json = (out / "top.json").read_bytes()
+    plain = np.asarray(Image.open(out / "top-strips" / "conv2" / "0000.png").convert("RGB"))
+    result = top(out, red_detector, photos, *args, "--highlight")
+    assert result.exit_code == 0 and "scan already complete" in result.stderr
+    assert (out / "top.json").read_bytes() == plain_json
+    lit = np.asarray(Image.open(out / "top-strips" / "conv2" / "0000.png").convert("RGB"))
+    # b.png's crop: black but for its red dot; the heat colours the pixels around the dot
+    assert plain[:, :96].sum() < lit[:, :96].sum()
