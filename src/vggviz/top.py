@@ -66,7 +66,8 @@ class TopEvents:
     """What a top run tells its caller as it goes; the default ignores everything."""
 
     def phase(self, name: str, total: int, done: int = 0) -> None:
-        """A phase begins: ``scan`` (inputs) or ``crops`` (inputs run again)."""
+        """A phase begins: ``scan`` (inputs), ``crops`` (inputs run again) or ``pictures``
+        (channels drawn)."""
 
     def advance(self, count: int = 1) -> None:
         """``count`` more items of the current phase are finished."""
@@ -442,7 +443,7 @@ def _finish(
             result["layers"][layer.alias] = _layer_json(
                 layer, tops[layer.alias], stats, crops.layers[layer.alias], items
             )
-        index = topcrops.draw_outputs(loaded, layers, result, crops, options, out_dir)
+        index = topcrops.draw_outputs(loaded, layers, result, crops, options, out_dir, events)
     finally:
         crops.discard()
     top_json = writing.save_json(result, out_dir / TOP_JSON)  # last: its presence means done

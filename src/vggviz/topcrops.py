@@ -35,7 +35,7 @@ from vggviz.topk import NO_INPUT, TopK
 RELATIVE_TOLERANCE = 1e-3
 PAGES_DIR = "top-pages"
 STRIPS_DIR = "top-strips"
-DRAW_GROUP = 64  # channels whose crops are in memory at once while drawing
+DRAW_GROUP = 32  # channels whose crops and pages are in memory at once while drawing
 
 
 class CropStore:
@@ -230,9 +230,12 @@ def draw_outputs(
     crops: Crops,
     options: Any,
     out_dir: Path,
+    events: Any,
 ) -> Path | None:
     """Pages per layer, one strip per channel, and index.html; returns the index's path."""
     from vggviz import toppictures
+
+    events.phase("pictures", sum(len(result["layers"][la.alias]["channels"]) for la in layers))
 
     warning = random_warning(loaded.random, loaded.weights)
     pages: dict[str, list[str]] = {}
@@ -284,6 +287,7 @@ def draw_outputs(
                     done.append(encoder.submit(_save_strip, row, options.k, out_dir / name))
                 for future in done:
                     future.result()
+                events.advance(len(rows))
     try:
         from vggviz import topreport
     except ImportError:  # topview's index.html, until its branch is merged
