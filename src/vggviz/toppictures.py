@@ -107,7 +107,7 @@ def crop_picture(crop: Crop, side: int) -> np.ndarray:
 
 def rows_per_page(count: int, row_height: int) -> int:
     """Rows per page: at most ROWS_MAX and about PAGE_BODY pixels tall, spread evenly over the
-    pages so the last one is not a stub (40 channels: 14 + 13 + 13, not 16 + 16 + 8)."""
+    pages so the last one is not a stub (40 channels: 14 + 14 + 12, not 16 + 16 + 8)."""
     if count <= 0:
         return 1
     most = max(4, min(ROWS_MAX, PAGE_BODY // row_height))
@@ -197,8 +197,13 @@ def layer_pages(
             if i:  # a faint rule between rows: the eye follows a channel across
                 draw.line((PAD, y, width - PAD, y), fill=(60, 60, 68))
             body.paste(_row_body(row, k, side), (PAD, y + PAD))
-        span = f"#{chunk[0].channel}-#{chunk[-1].channel}" if chunk else "no channels"
-        heading = f"{alias} ({module})  ·  channels {span}"
+        if not chunk:
+            span = "no channels"
+        elif len(chunk) == 1:
+            span = f"channel #{chunk[0].channel}"
+        else:
+            span = f"channels #{chunk[0].channel}-#{chunk[-1].channel}"
+        heading = f"{alias} ({module})  ·  {span}"
         if len(chunks) > 1:
             heading += f"  ·  page {number} of {len(chunks)}"
         pages.append(render.figure(body, [heading, title, how], None, warning))
