@@ -116,17 +116,30 @@ def test_layers_are_split_into_even_pages() -> None:
     pages = _pages(rows, k, size)
     seen = [_colours(p) for p in pages]
     on_page = [{c for c in range(40) if _colour(c, 0) in colours} for colours in seen]
-    # evenly split, every channel on exactly one page, in channel order
-    assert on_page == [set(range(14)), set(range(14, 28)), set(range(28, 40))]
+    # 16 a page, every channel on exactly one page, in channel order
+    assert on_page == [set(range(16)), set(range(16, 32)), set(range(32, 40))]
 
 
 def test_big_crops_get_fewer_rows_per_page() -> None:
     k, size = 3, 196
     pages = _pages(_rows(list(range(24)), k, size), k, size)
     assert len(pages) == 3 and all(p.height < toppictures.PAGE_BODY + 300 for p in pages)
-    assert toppictures.rows_per_page(24, 196 + 34 + 8) == 8
-    assert toppictures.rows_per_page(512, 140) == 16
-    assert toppictures.rows_per_page(0, 140) == 1
+    row = toppictures.CAPTION_H + 2 * render.PAD
+    assert toppictures.rows_per_page(90 + row) == 16  # conv1-conv8 of VGG16
+    assert toppictures.rows_per_page(152 + row) == 16  # conv9, 76 px enlarged twice
+    assert toppictures.rows_per_page(196 + row) == 8  # conv13
+    assert toppictures.rows_per_page(256 + row) == 8  # the largest crop drawn
+
+
+def test_a_layer_drawn_in_groups_gives_the_same_pages() -> None:
+    # pass 2 draws a big layer 64 channels at a time to bound its memory
+    k, size = 2, 24
+    rows = _rows(list(range(128)), k, size)
+    whole = _pages(rows, k, size)
+    grouped = _pages(rows[:64], k, size) + _pages(rows[64:], k, size)
+    assert len(whole) == len(grouped) == 8
+    for a, b in zip(whole, grouped, strict=True):
+        assert np.array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_labels_name_the_image_and_value() -> None:

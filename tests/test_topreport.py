@@ -180,12 +180,27 @@ def test_strips_link_to_the_page_that_holds_their_channel(tmp_path: Path) -> Non
     channels = [_channel(c) for c in range(40)]
     pages = {"conv5": ["pages/conv5-1.png", "pages/conv5-2.png", "pages/conv5-3.png"]}
     _, text, _ = _write(tmp_path, _result(conv5=channels), pages=pages)
-    # 40 channels on 3 pages: 14, 14, 12 (toppictures.layer_pages' split)
-    for c, expected in [(0, 1), (13, 1), (14, 2), (27, 2), (28, 3), (39, 3)]:
+    # 40 channels on 3 pages: 16, 16, 8 (toppictures.layer_pages' split)
+    for c, expected in [(0, 1), (15, 1), (16, 2), (31, 2), (32, 3), (39, 3)]:
         row = re.search(rf'<tr id="layer-conv5-c{c}">.*?</tr>', text).group(0)
         assert f'<a href="pages/conv5-{expected}.png"><img' in row, c
     labels = re.findall(r'<a href="pages/conv5-\d\.png">(page [^<]*)</a>', text)
-    assert labels == ["page 1 (#0-#13)", "page 2 (#14-#27)", "page 3 (#28-#39)"]
+    assert labels == ["page 1 (#0-#15)", "page 2 (#16-#31)", "page 3 (#32-#39)"]
+
+
+@pytest.mark.parametrize(
+    ("channels", "pages", "per"),
+    [(512, 32, 16), (512, 64, 8), (64, 4, 16), (20, 2, 16), (9, 3, 4), (3, 1, 16), (40, 7, 0)],
+)
+def test_channels_per_page_follow_the_pictures(channels: int, pages: int, per: int) -> None:
+    assert topreport.per_page(channels, pages) == per
+
+
+def test_strips_are_not_linked_when_pages_do_not_fit_the_layout(tmp_path: Path) -> None:
+    pages = {"conv5": [f"p{i}.png" for i in range(7)]}
+    _, text, page = _write(tmp_path, _result(conv5=[_channel(c) for c in range(40)]), pages=pages)
+    assert '<a href="p0.png"><img' not in text
+    assert sorted(h for h in page.attrs("a", "href") if h.endswith(".png")) == pages["conv5"]
 
 
 def test_links_are_quoted_and_text_escaped(tmp_path: Path) -> None:

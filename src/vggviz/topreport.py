@@ -5,7 +5,7 @@ Like :mod:`vggviz.report` it is one static file with inline CSS and relative lin
 script: a run over VGG19 has 5,504 channels, so the page is streamed layer by layer, every
 picture is loaded lazily, each strip's box is sized before it loads (so links to a channel
 land on it), and the layers are linked from the top. Histograms are inline SVG paths of a
-few hundred bytes. Stdlib only (with report.py and writing.py): never torch or click.
+few hundred bytes. Stdlib and vggviz's torch-free modules only: never torch or click.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import IO, Any
 from urllib.parse import quote
 
 from vggviz.report import _CSS, _esc, _is_num, _is_seq, _number, _plural, _text
+from vggviz.toppictures import PAGE_ROWS
 from vggviz.writing import atomic_file
 
 INDEX_NAME = "index.html"
@@ -72,8 +73,9 @@ def write_top_index(
     are the page PNGs' paths relative to out_dir; ``strips[alias][channel]`` the channel
     strip PNG's relative path.
 
-    A layer's pages are taken to hold its channels in order, split evenly (as
-    :func:`vggviz.toppictures.layer_pages` does), so each channel's strip links to its page.
+    A layer's pages are taken to hold its channels in order, as
+    :func:`vggviz.toppictures.layer_pages` lays them out (:func:`per_page`), so that each
+    channel's strip links to its page.
     The file is written to a temporary name and moved into place. Missing or odd fields are
     left out rather than failing the page.
     """
@@ -224,9 +226,19 @@ def _legend(result: Mapping[str, Any]) -> str:
     )
 
 
+def per_page(channels: int, pages: int) -> int:
+    """Channels per page of a layer with ``channels`` channels drawn on ``pages`` pages by
+    :func:`vggviz.toppictures.layer_pages` (full pages of one of PAGE_ROWS, the last one
+    maybe short), or 0 when no such split fits and strips are better left unlinked."""
+    for rows in PAGE_ROWS:
+        if channels and pages and math.ceil(channels / rows) == pages:
+            return rows
+    return 0
+
+
 def _pages_line(alias: str, paths: Sequence[str], channels: Sequence[Mapping[str, Any]]) -> str:
     links = []
-    per = math.ceil(len(channels) / len(paths)) if paths and channels else 0
+    per = per_page(len(channels), len(paths))
     for i, path in enumerate(paths):
         url = _url(path)
         if not url:
@@ -284,7 +296,7 @@ def _layer_section(
             f'dead</th><th>mean</th><th>max</th><th title="its values{e(over)}">histogram</th>'
             "</tr></thead><tbody>\n"
         )
-        per = math.ceil(len(channels) / len(paths)) if paths else 0
+        per = per_page(len(channels), len(paths))
         for i, channel in enumerate(channels):
             page = _url(paths[i // per]) if per and i // per < len(paths) else None
             parts.append(_channel_row(alias, channel, strips, page))
