@@ -275,10 +275,7 @@ def _scan(
         topstate.clear(folder)
         tops = {la.alias: TopK.empty(la.module.out_channels, options.k) for la in layers}
         state = ScanState(fingerprint, shard, tops)
-    for number in range(state.chunks + 1, state.chunks + 10_000):  # chunks a kill left over
-        if not topstate.chunk_path(folder, number).exists():
-            break
-        topstate.chunk_path(folder, number).unlink()
+    topstate.drop_chunks_after(folder, state.chunks)  # written, but a kill came first
 
     events.phase("scan", len(work), state.position)
     rows: list[int] = []

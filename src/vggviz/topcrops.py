@@ -199,8 +199,9 @@ def _rerun(loaded, item: InputItem, jobs, tops, crops: Crops, options, fill) -> 
     x = torch.from_numpy(images.to_array(photo, options.normalize))[None]
     needed = sorted({layer for layer, _, _ in jobs}, key=lambda la: la.index)
     maps = network_maps(loaded.model, needed, x.to(loaded.device, loaded.dtype), options.stage)
+    arrays = {alias: m[0].float().cpu().numpy() for alias, m in maps.items()}
     for layer, c, r in jobs:
-        fmap = maps[layer.alias][0, c].float().cpu().numpy()
+        fmap = arrays[layer.alias][c]
         recorded = float(tops[layer.alias].values[c, r])
         now = float(fmap.max() if options.reduce == "max" else fmap.mean(dtype=np.float64))
         if not _close(now, recorded):
@@ -280,8 +281,7 @@ def draw_outputs(
                 for row in rows:
                     name = f"{STRIPS_DIR}/{alias}/{row.channel:04d}.png"
                     strips[alias][row.channel] = name
-                    strip = toppictures.channel_strip(row, k=options.k)
-                    done.append(encoder.submit(writing.save_png, strip, out_dir / name))
+                    done.append(encoder.submit(_save_strip, row, options.k, out_dir / name))
                 for future in done:
                     future.result()
     try:
@@ -289,3 +289,10 @@ def draw_outputs(
     except ImportError:  # topview's index.html, until its branch is merged
         return None
     return topreport.write_top_index(out_dir, result, pages=pages, strips=strips)
+
+
+def _save_strip(row: Any, k: int, path: Path) -> Path:
+    """Drawn and encoded on a worker thread: Pillow's resizing and zlib release the GIL."""
+    from vggviz import toppictures
+
+    return writing.save_png(toppictures.channel_strip(row, k=k), path)

@@ -150,6 +150,15 @@ def write_chunk(folder: Path, number: int, rows: np.ndarray, values: dict[str, n
         np.savez(f, rows=rows.astype(np.int64), **layers)
 
 
+def drop_chunks_after(folder: Path, count: int) -> None:
+    """Remove chunks numbered above ``count``: the checkpoint that would count them was
+    never written, and the resumed scan writes them again."""
+    for path in folder.glob("chunk-*.npz"):
+        match = re.fullmatch(r"chunk-(\d+)\.npz", path.name)
+        if match and int(match.group(1)) > count:
+            path.unlink(missing_ok=True)
+
+
 def read_chunks(folder: Path, count: int) -> Iterator[dict[str, np.ndarray]]:
     for number in range(1, count + 1):
         with np.load(chunk_path(folder, number), allow_pickle=False) as chunk:
