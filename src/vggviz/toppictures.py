@@ -21,8 +21,8 @@ from vggviz.render import BACKGROUND, FOREGROUND, MUTED, PAD
 
 CROP_MIN = 88  # smaller crops are enlarged by a whole factor to at least about this (3 px -> 90)
 CROP_MAX = 256  # larger crops (VGG19's deepest layers) are reduced to this
-ROWS_MAX = 16  # channels per page at most
-PAGE_BODY = 2600  # pixels of rows per page we aim for: large crops get fewer rows
+PAGE_ROWS = (16, 8, 4)  # channels per page: 16, fewer for large crops
+PAGE_BODY = 3200  # pixels of rows per page at most (16 rows of crops up to about 150 px)
 LABEL_W = 92  # the channel-number column
 CAPTION_H = 34  # two text lines under each crop: image name, value
 GAP = 6  # between crops in a row
@@ -105,14 +105,17 @@ def crop_picture(crop: Crop, side: int) -> np.ndarray:
     return np.asarray(Image.fromarray(pixels).resize((side, side), how))
 
 
-def rows_per_page(count: int, row_height: int) -> int:
-    """Rows per page: at most ROWS_MAX and about PAGE_BODY pixels tall, spread evenly over the
-    pages so the last one is not a stub (40 channels: 14 + 13 + 13, not 16 + 16 + 8)."""
-    if count <= 0:
-        return 1
-    most = max(4, min(ROWS_MAX, PAGE_BODY // row_height))
-    pages = -(-count // most)
-    return -(-count // pages)
+def rows_per_page(row_height: int) -> int:
+    """Rows per page: the most of PAGE_ROWS whose page stays about PAGE_BODY pixels tall.
+
+    Every page but a layer's last is full, and each choice divides 64, so a layer drawn a
+    group of 64 (or 16) channels at a time gets the same pages as one drawn at once, and
+    index.html can tell which page holds a channel from the number of pages alone.
+    """
+    for rows in PAGE_ROWS:
+        if rows * row_height <= PAGE_BODY:
+            return rows
+    return PAGE_ROWS[-1]
 
 
 def _fit(text: str, width: float, size: int) -> str:
@@ -168,7 +171,9 @@ def layer_pages(
     warning: str | None = None,
 ) -> list[Image.Image]:
     """One or more pages for a layer: one row per channel (its number at the left), k crops per
-    row, each crop labelled with its image name and value; rows per page chosen to read well.
+    row, each crop labelled with its image name and value; rows per page chosen to read well
+    (:func:`rows_per_page`: ``rows`` may be any run of a layer's channels that starts on a
+    multiple of 16, so that a big layer can be drawn a group at a time).
 
     ``title`` is the run's description (model, weights, stage, reduce), shown under the
     layer's own heading; ``warning`` (such as random weights) is drawn in orange.
@@ -178,7 +183,7 @@ def layer_pages(
     size = crop_size(rows, rf_size)
     side = display_size(size)
     row_h = side + CAPTION_H + PAD * 2
-    per_page = rows_per_page(len(rows), row_h)
+    per_page = rows_per_page(row_h)
     chunks = [rows[i : i + per_page] for i in range(0, len(rows), per_page)] or [[]]
     if size == side:
         shown = f"crops {size}x{size} px"
@@ -188,7 +193,7 @@ def layer_pages(
         shown = f"crops {size}x{size} px, shown at {side}x{side}"
     how = f"top {k} images per channel, best first  ·  receptive field {rf_size} px  ·  {shown}"
     pages = []
-    for number, chunk in enumerate(chunks, 1):
+    for chunk in chunks:
         width = LABEL_W + k * (side + GAP) + PAD
         body = Image.new("RGB", (width, max(1, len(chunk)) * row_h), BACKGROUND)
         draw = ImageDraw.Draw(body)
@@ -197,10 +202,13 @@ def layer_pages(
             if i:  # a faint rule between rows: the eye follows a channel across
                 draw.line((PAD, y, width - PAD, y), fill=(60, 60, 68))
             body.paste(_row_body(row, k, side), (PAD, y + PAD))
-        span = f"#{chunk[0].channel}-#{chunk[-1].channel}" if chunk else "no channels"
-        heading = f"{alias} ({module})  ·  channels {span}"
-        if len(chunks) > 1:
-            heading += f"  ·  page {number} of {len(chunks)}"
+        if not chunk:
+            span = "no channels"
+        elif len(chunk) == 1:
+            span = f"channel #{chunk[0].channel}"
+        else:
+            span = f"channels #{chunk[0].channel}-#{chunk[-1].channel}"
+        heading = f"{alias} ({module})  ·  {span}"
         pages.append(render.figure(body, [heading, title, how], None, warning))
     return pages
 
