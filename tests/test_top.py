@@ -184,6 +184,8 @@ def test_known_answer_a_red_detector(tmp_path: Path, red_detector: Path) -> None
     first = np.asarray(strip.convert("RGB"))[:, :96]
     assert first[40:56, 40:56, 0].min() > 200 and first[40:56, 40:56, 1:].max() < 30
     assert not list(out.glob(".top-crops-*"))  # scratch files are gone
+    index = (out / "index.html").read_text()
+    assert "top-strips/conv1/0000.png" in index and "top-pages/02-conv2-01.png" in index
 
 
 def test_reduce_mean_ranks_by_the_mean(tmp_path: Path, red_detector: Path) -> None:
