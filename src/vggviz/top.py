@@ -85,7 +85,7 @@ class TopResult:
     failed: list[str] = field(default_factory=list)  # one message per input that failed
     scan_dir: Path | None = None  # a shard's partial result
     top_json: Path | None = None
-    index: Path | None = None
+    index: Path | None = None  # None for a shard's partial result
 
 
 def run_top(

@@ -231,9 +231,9 @@ def draw_outputs(
     options: Any,
     out_dir: Path,
     events: Any,
-) -> Path | None:
+) -> Path:
     """Pages per layer, one strip per channel, and index.html; returns the index's path."""
-    from vggviz import toppictures
+    from vggviz import toppictures, topreport
 
     events.phase("pictures", sum(len(result["layers"][la.alias]["channels"]) for la in layers))
 
@@ -288,10 +288,6 @@ def draw_outputs(
                 for future in done:
                     future.result()
                 events.advance(len(rows))
-    try:
-        from vggviz import topreport
-    except ImportError:  # topview's index.html, until its branch is merged
-        return None
     return topreport.write_top_index(out_dir, result, pages=pages, strips=strips)
 
 
