@@ -20,7 +20,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -31,8 +31,11 @@ from vggviz.errors import InputError, UsageError, VggvizError
 from vggviz.inputs import InputItem
 from vggviz.layers import ConvLayer
 from vggviz.models import LoadedModel
-from vggviz.topk import TopK, channel_stats
+from vggviz.topk import ChannelStats, TopK, channel_stats
 from vggviz.topstate import Fingerprint, ScanState
+
+if TYPE_CHECKING:
+    from vggviz.topcrops import LayerCrops
 
 REDUCES = ("max", "mean")
 TOP_JSON = "top.json"
@@ -457,7 +460,13 @@ def _number(value: float) -> float:
     return float(f"{value:.6g}")
 
 
-def _layer_json(layer, top: TopK, stats, crops, items: Sequence[InputItem]) -> dict[str, Any]:
+def _layer_json(
+    layer: ConvLayer,
+    top: TopK,
+    stats: ChannelStats,
+    crops: LayerCrops,
+    items: Sequence[InputItem],
+) -> dict[str, Any]:
     channels = []
     for c in range(top.values.shape[0]):
         entries = []

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -31,6 +31,9 @@ from vggviz.models import LoadedModel
 from vggviz.pictures import random_warning
 from vggviz.receptive import ReceptiveField, layer_field
 from vggviz.topk import NO_INPUT, TopK
+
+if TYPE_CHECKING:
+    from vggviz.top import TopEvents, TopOptions
 
 RELATIVE_TOLERANCE = 1e-3
 PAGES_DIR = "top-pages"
@@ -155,9 +158,9 @@ def run_pass2(
     layers: Sequence[ConvLayer],
     tops: dict[str, TopK],
     items: Sequence[InputItem],
-    options: Any,
+    options: TopOptions,
     out_dir: Path,
-    events: Any,
+    events: TopEvents,
 ) -> Crops:
     """Every input in any channel's top-K runs once more (in input order, all of its layers
     in one forward); its values must match the scan's to 1e-3 relative, else an
@@ -192,7 +195,15 @@ def run_pass2(
     return crops
 
 
-def _rerun(loaded, item: InputItem, jobs, tops, crops: Crops, options, fill) -> None:
+def _rerun(
+    loaded: LoadedModel,
+    item: InputItem,
+    jobs: list[tuple[ConvLayer, int, int]],
+    tops: dict[str, TopK],
+    crops: Crops,
+    options: TopOptions,
+    fill: tuple[int, int, int],
+) -> None:
     photo = images.resize_for_model(images.load_rgb(item.path), options.size)
     pixels = np.asarray(photo)
     height, width = pixels.shape[:2]
@@ -228,9 +239,9 @@ def draw_outputs(
     layers: Sequence[ConvLayer],
     result: dict[str, Any],
     crops: Crops,
-    options: Any,
+    options: TopOptions,
     out_dir: Path,
-    events: Any,
+    events: TopEvents,
 ) -> Path:
     """Pages per layer, one strip per channel, and index.html; returns the index's path."""
     from vggviz import toppictures, topreport
