@@ -110,7 +110,9 @@ def pad_colour(normalize: bool) -> tuple[int, int, int]:
     return (round(mean[0] * 255), round(mean[1] * 255), round(mean[2] * 255))
 
 
-def cut(photo: np.ndarray, window: tuple[int, int, int, int], fill: tuple[int, int, int]):
+def cut(
+    photo: np.ndarray, window: tuple[int, int, int, int], fill: tuple[int, int, int]
+) -> np.ndarray:
     """``photo`` (H, W, 3) inside ``window`` [left, top, right, bottom), padded with
     ``fill`` where the window leaves the photo, so every crop of a layer is one size."""
     left, top, right, bottom = window
@@ -136,7 +138,7 @@ def _interpolation(coords: np.ndarray, n: int) -> np.ndarray:
     return out
 
 
-def heat(fmap: np.ndarray, field: ReceptiveField, window: tuple[int, int, int, int]):
+def heat(fmap: np.ndarray, field: ReceptiveField, window: tuple[int, int, int, int]) -> np.ndarray:
     """The map (h, w), bilinearly upsampled over the crop ``window``: each crop pixel gets
     the map interpolated between the units whose fields are centred around it; divided by
     the map's maximum, so [0, 1]."""
