@@ -345,8 +345,11 @@ def test_highlight_reuses_the_scan_and_colours_the_crops(tmp_path, red_detector)
     assert top(out, red_detector, photos, *args).exit_code == 0
     plain_json = (out / "top.json").read_bytes()
     plain = np.asarray(Image.open(out / "top-strips" / "conv2" / "0000.png").convert("RGB"))
+    stale = out / "top-pages" / "02-conv2-99.png"
+    stale.write_bytes(b"a page of an earlier run")
     result = top(out, red_detector, photos, *args, "--highlight")
     assert result.exit_code == 0 and "scan already complete" in result.stderr
+    assert not stale.exists()
     assert (out / "top.json").read_bytes() == plain_json
     lit = np.asarray(Image.open(out / "top-strips" / "conv2" / "0000.png").convert("RGB"))
     # b.png's crop: black but for its red dot; the heat colours the pixels around the dot

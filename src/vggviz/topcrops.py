@@ -259,6 +259,8 @@ def draw_outputs(
             channels = result["layers"][alias]["channels"]
             target = crops.layers[alias]
             pages[alias], strips[alias] = [], {}
+            for stale in (out_dir / PAGES_DIR).glob(f"{layer.index:02d}-{alias}-*.png"):
+                stale.unlink()  # an earlier run's pages of this layer (it may have had more)
             for first in range(0, len(channels), DRAW_GROUP):
                 stop = min(first + DRAW_GROUP, len(channels))
                 pixels, glow = target.store.get(first, stop)
