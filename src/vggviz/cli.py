@@ -640,6 +640,216 @@ def weights_import(file: Path) -> None:
     click.echo(f"{arch}: {path}")
 
 
+@cli.command()
+@click.argument("images", nargs=-1, required=True)
+@model_options
+@click.option(
+    "--stage",
+    type=click.Choice(["conv", "bn", "relu"]),
+    default="relu",
+    show_default=True,
+    help="Take each map after the conv, BN or ReLU.",
+)
+@click.option(
+    "--size",
+    type=click.IntRange(32, 4096),
+    default=224,
+    show_default=True,
+    help="Resize so the shorter side is this many pixels (aspect kept).",
+)
+@click.option(
+    "--normalize/--no-normalize",
+    default=True,
+    show_default=True,
+    help="ImageNet mean/std normalisation (--no-normalize: plain [0, 1]).",
+)
+@click.option(
+    "--layers",
+    "layer_spec",
+    default="all",
+    show_default=True,
+    help="Which conv layers: all, or e.g. conv1,conv5-conv7.",
+)
+@click.option(
+    "-k",
+    "--top",
+    "k",
+    type=click.IntRange(1, 100),
+    default=9,
+    show_default=True,
+    help="Images kept per channel.",
+)
+@click.option(
+    "--reduce",
+    type=click.Choice(["max", "mean"]),
+    default="max",
+    show_default=True,
+    help="A map's value: max (its strongest unit, which is cropped) or mean (cropped at its "
+    "strongest unit too).",
+)
+@click.option("--highlight", is_flag=True, help="Draw the map, upsampled, over each crop.")
+@click.option(
+    "--batch-size",
+    type=click.IntRange(1, 256),
+    default=1,
+    show_default=True,
+    help="Images of equal size sent through the network together.",
+)
+@click.option(
+    "--checkpoint-every",
+    type=click.IntRange(1),
+    default=100,
+    show_default=True,
+    help="Inputs between two checkpoints of the scan (a killed scan resumes from the last).",
+)
+@click.option(
+    "--shard",
+    default=None,
+    metavar="K/N",
+    help="Scan only the K-th of N deterministic parts and leave a partial result for --merge.",
+)
+@click.option(
+    "--merge",
+    is_flag=True,
+    help="Combine the partial results of all N shards in -o (same IMAGES and options), "
+    "then crop and draw.",
+)
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary on stderr.")
+@output_dir_option
+@handle_errors
+def top(
+    images,
+    arch,
+    weights,
+    seed,
+    device,
+    precision,
+    stage,
+    size,
+    normalize,
+    layer_spec,
+    k,
+    reduce,
+    highlight,
+    batch_size,
+    checkpoint_every,
+    shard,
+    merge,
+    quiet,
+    output_dir,
+) -> None:
+    """For every channel, the K images of a folder that excite it most, each cropped to the
+    receptive field of its strongest unit.
+
+    Writes top.json, one or more pages per layer (top-pages/), a strip per channel
+    (top-strips/), the images-by-channels matrix (top-matrix/) and index.html. The scan
+    checkpoints in -o and resumes when run again with the same options.
+
+    \b
+    Example:
+        vggviz top photos/ --layers conv10-conv13 -o top/
+        vggviz top photos/ -o top/ --shard 2/8      # one part, on one node
+        vggviz top photos/ -o top/ --merge          # then all parts together
+    """
+    from vggviz import inputs
+
+    shard_kn = inputs.parse_shard(shard) if shard else None
+    found = inputs.discover(images)
+    if not found.items and not found.problems:
+        passed = f" (passed over {found.hidden} hidden and {found.not_images} non-image file(s))"
+        raise click.ClickException(f"no images found in {' '.join(images)}" + passed)
+    if found.hidden or found.not_images:
+        _note(quiet, f"passed over {found.hidden} hidden and {found.not_images} non-image file(s)")
+    for problem in found.problems:
+        click.echo(f"error: {problem}", err=True)
+
+    from vggviz.layers import select_layers
+    from vggviz.top import TopOptions, run_top
+
+    loaded = _load(arch, weights, seed, device, precision)
+    options = TopOptions(
+        stage=stage,
+        reduce=reduce,
+        k=k,
+        size=size,
+        normalize=normalize,
+        highlight=highlight,
+        batch_size=batch_size,
+        checkpoint_every=checkpoint_every,
+    )
+    events = _TopProgress(quiet)
+    try:
+        with events:
+            result = run_top(
+                loaded,
+                select_layers(loaded.layers, layer_spec),
+                found.items,
+                options,
+                output_dir,
+                shard=shard_kn,
+                merge=merge,
+                events=events,
+            )
+    except KeyboardInterrupt as stop:
+        click.echo("\ninterrupted: run the same command again to resume the scan", err=True)
+        sys.exit(TERMINATED if isinstance(stop, Terminated) else INTERRUPTED)
+    failed = len(result.failed) + len(found.problems)
+    done = f"{result.scanned} scanned, {len(result.failed)} failed"
+    if result.scan_dir is not None:
+        summary = f"{done} · partial result in {result.scan_dir}{os.sep} (then --merge)"
+    else:
+        summary = f"{done} · {result.top_json}"
+        summary += f" · open {result.index}" if result.index else ""
+    if not quiet or failed:
+        click.echo(summary, err=True)
+    sys.exit(FAILED if failed else OK)
+
+
+class _TopProgress:
+    """The library's events on stderr: a progress bar per phase, errors and notes as lines."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.show_bar = not quiet and sys.stderr.isatty()
+        self.bar: Any = None
+
+    def __enter__(self) -> _TopProgress:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._close()
+
+    def _close(self) -> None:
+        if self.bar is not None:
+            self.bar.render_finish()
+            self.bar = None
+
+    def phase(self, name: str, total: int, done: int = 0) -> None:
+        self._close()
+        if self.show_bar and total > done:
+            label = {"crops": "crops (inputs run again)", "pictures": "pictures (channels)"}
+            label = label.get(name, name)
+            self.bar = click.progressbar(
+                length=total, label=label, file=sys.stderr, show_eta=True, show_pos=True
+            )
+            self.bar.update(done)
+
+    def advance(self, count: int = 1) -> None:
+        if self.bar is not None:
+            self.bar.update(count)
+
+    def failed(self, message: str) -> None:
+        if self.bar is not None:
+            click.echo("", err=True)  # keep the message off the bar's line
+        click.echo(f"error: {message}", err=True)
+
+    def note(self, message: str) -> None:
+        if not self.quiet:
+            if self.bar is not None:
+                click.echo("", err=True)
+            click.echo(f"vggviz: {message}", err=True)
+
+
 def main() -> None:
     """Console entry point: exit codes 0 ok, 1 failed inputs or errors, 2 usage, 130 Ctrl-C,
     141 stdout closed early, 143 SIGTERM."""

@@ -1,0 +1,313 @@
+"""Pass 2 of ``vggviz top``: run each chosen input once more, check it still gives the value
+the scan recorded, and cut the receptive field of its winning unit out of the resized photo;
+then draw the layer pages and channel strips (:mod:`vggviz.toppictures`) and index.html
+(:mod:`vggviz.topreport`).
+
+A layer's crops can be large (VGG16 conv13: 512 channels x 9 crops of 196 x 196 px, 530 MB),
+so they wait in scratch files beside the outputs, not in memory, and are read back a group
+of channels at a time for drawing.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections import defaultdict
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from vggviz import images, writing
+from vggviz.capture import network_maps
+from vggviz.errors import InputError
+from vggviz.inputs import InputItem
+from vggviz.layers import ConvLayer
+from vggviz.models import LoadedModel
+from vggviz.pictures import random_warning
+from vggviz.receptive import ReceptiveField, layer_field
+from vggviz.topk import NO_INPUT, TopK
+
+if TYPE_CHECKING:
+    from vggviz.top import TopEvents, TopOptions
+
+RELATIVE_TOLERANCE = 1e-3
+PAGES_DIR = "top-pages"
+STRIPS_DIR = "top-strips"
+DRAW_GROUP = 32  # channels whose crops and pages are in memory at once while drawing
+
+
+class CropStore:
+    """One layer's crops, (C, K, S, S, 3) uint8, and with heat (C, K, S, S) as uint8, in
+    scratch files written at their offsets and read back by channel range."""
+
+    def __init__(self, path: Path, channels: int, k: int, size: int, heat: bool) -> None:
+        self.k, self.size = k, size
+        self._crop_bytes = size * size * 3
+        self._file = open(path, "w+b")  # noqa: SIM115 - closed by close()
+        self._file.truncate(channels * k * self._crop_bytes)
+        self._heat = open(path.with_suffix(".heat"), "w+b") if heat else None  # noqa: SIM115
+        if self._heat:
+            self._heat.truncate(channels * k * size * size)
+
+    def put(self, channel: int, rank: int, pixels: np.ndarray, heat: np.ndarray | None) -> None:
+        slot = channel * self.k + rank
+        self._file.seek(slot * self._crop_bytes)
+        self._file.write(np.ascontiguousarray(pixels, np.uint8).tobytes())
+        if self._heat is not None and heat is not None:
+            self._heat.seek(slot * self.size * self.size)
+            self._heat.write(np.round(np.clip(heat, 0, 1) * 255).astype(np.uint8).tobytes())
+
+    def get(self, first: int, stop: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """Crops (n, K, S, S, 3) and heat (n, K, S, S) float32 in [0, 1] of channels
+        ``first`` .. ``stop - 1``."""
+        n, s = stop - first, self.size
+        self._file.seek(first * self.k * self._crop_bytes)
+        pixels = np.frombuffer(self._file.read(n * self.k * self._crop_bytes), np.uint8)
+        heat = None
+        if self._heat is not None:
+            self._heat.seek(first * self.k * s * s)
+            raw = np.frombuffer(self._heat.read(n * self.k * s * s), np.uint8)
+            heat = raw.reshape(n, self.k, s, s).astype(np.float32) / 255.0
+        return pixels.reshape(n, self.k, s, s, 3), heat
+
+    def close(self) -> None:
+        self._file.close()
+        if self._heat:
+            self._heat.close()
+
+
+@dataclass
+class LayerCrops:
+    field: ReceptiveField
+    locations: np.ndarray  # (C, K, 2) row, col in the layer's map
+    boxes: np.ndarray  # (C, K, 4) [left, top, right, bottom) clipped to the resized photo
+    store: CropStore
+
+
+@dataclass
+class Crops:
+    layers: dict[str, LayerCrops]
+    reruns: int  # inputs run again
+    scratch: Path
+
+    def discard(self) -> None:
+        for layer in self.layers.values():
+            layer.store.close()
+        shutil.rmtree(self.scratch, ignore_errors=True)
+
+
+def pad_colour(normalize: bool) -> tuple[int, int, int]:
+    """The colour that the network's zero padding stands for: ImageNet's mean colour when
+    inputs are normalised (a padded 0 is the mean), else black."""
+    if not normalize:
+        return (0, 0, 0)
+    mean = images.IMAGENET_MEAN
+    return (round(mean[0] * 255), round(mean[1] * 255), round(mean[2] * 255))
+
+
+def cut(
+    photo: np.ndarray, window: tuple[int, int, int, int], fill: tuple[int, int, int]
+) -> np.ndarray:
+    """``photo`` (H, W, 3) inside ``window`` [left, top, right, bottom), padded with
+    ``fill`` where the window leaves the photo, so every crop of a layer is one size."""
+    left, top, right, bottom = window
+    height, width = photo.shape[:2]
+    out = np.empty((bottom - top, right - left, 3), np.uint8)
+    out[:] = fill
+    y0, y1, x0, x1 = max(top, 0), min(bottom, height), max(left, 0), min(right, width)
+    if y1 > y0 and x1 > x0:
+        out[y0 - top : y1 - top, x0 - left : x1 - left] = photo[y0:y1, x0:x1]
+    return out
+
+
+def _interpolation(coords: np.ndarray, n: int) -> np.ndarray:
+    """(len(coords), n) matrix of linear interpolation weights, clamped at both ends."""
+    m = np.clip(coords, 0, n - 1)
+    low = np.floor(m).astype(np.int64)
+    high = np.minimum(low + 1, n - 1)
+    w = (m - low).astype(np.float32)
+    out = np.zeros((len(coords), n), np.float32)
+    rows = np.arange(len(coords))
+    np.add.at(out, (rows, low), 1 - w)
+    np.add.at(out, (rows, high), w)
+    return out
+
+
+def heat(fmap: np.ndarray, field: ReceptiveField, window: tuple[int, int, int, int]) -> np.ndarray:
+    """The map (h, w), bilinearly upsampled over the crop ``window``: each crop pixel gets
+    the map interpolated between the units whose fields are centred around it; divided by
+    the map's maximum, so [0, 1]."""
+    left, top, right, _ = window
+    offsets = np.arange(right - left) + 0.5  # pixel centres
+    ys = (top + offsets - field.centre(0)) / field.jump
+    xs = (left + offsets - field.centre(0)) / field.jump
+    up = _interpolation(ys, fmap.shape[0]) @ fmap @ _interpolation(xs, fmap.shape[1]).T
+    peak = float(fmap.max())
+    return np.clip(up / peak, 0, 1) if peak > 0 else np.zeros_like(up)
+
+
+def _close(now: float, recorded: float) -> bool:
+    return abs(now - recorded) <= RELATIVE_TOLERANCE * max(abs(recorded), abs(now), 1e-6)
+
+
+def run_pass2(
+    loaded: LoadedModel,
+    layers: Sequence[ConvLayer],
+    tops: dict[str, TopK],
+    items: Sequence[InputItem],
+    options: TopOptions,
+    out_dir: Path,
+    events: TopEvents,
+) -> Crops:
+    """Every input in any channel's top-K runs once more (in input order, all of its layers
+    in one forward); its values must match the scan's to 1e-3 relative, else an
+    :class:`InputError` names it. Returns the crops, boxes and locations of every layer."""
+    wanted: dict[int, list[tuple[ConvLayer, int, int]]] = defaultdict(list)
+    for layer in layers:
+        top = tops[layer.alias]
+        for c, r in zip(*np.nonzero(top.inputs != NO_INPUT), strict=True):
+            wanted[int(top.inputs[c, r])].append((layer, int(c), int(r)))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=".top-crops-", dir=out_dir))
+    crops = Crops({}, len(wanted), scratch)
+    try:
+        for layer in layers:
+            field = layer_field(loaded.model, layer)
+            channels, k = tops[layer.alias].values.shape
+            store = CropStore(scratch / layer.alias, channels, k, field.size, options.highlight)
+            crops.layers[layer.alias] = LayerCrops(
+                field,
+                np.zeros((channels, k, 2), np.int64),
+                np.zeros((channels, k, 4), np.int64),
+                store,
+            )
+        fill = pad_colour(options.normalize)
+        events.phase("crops", len(wanted))
+        for number in sorted(wanted):
+            _rerun(loaded, items[number], wanted[number], tops, crops, options, fill)
+            events.advance()
+    except BaseException:
+        crops.discard()
+        raise
+    return crops
+
+
+def _rerun(
+    loaded: LoadedModel,
+    item: InputItem,
+    jobs: list[tuple[ConvLayer, int, int]],
+    tops: dict[str, TopK],
+    crops: Crops,
+    options: TopOptions,
+    fill: tuple[int, int, int],
+) -> None:
+    photo = images.resize_for_model(images.load_rgb(item.path), options.size)
+    pixels = np.asarray(photo)
+    height, width = pixels.shape[:2]
+    x = torch.from_numpy(images.to_array(photo, options.normalize))[None]
+    needed = sorted({layer for layer, _, _ in jobs}, key=lambda la: la.index)
+    maps = network_maps(loaded.model, needed, x.to(loaded.device, loaded.dtype), options.stage)
+    arrays = {alias: m[0].float().cpu().numpy() for alias, m in maps.items()}
+    for layer, c, r in jobs:
+        fmap = arrays[layer.alias][c]
+        recorded = float(tops[layer.alias].values[c, r])
+        now = float(fmap.max() if options.reduce == "max" else fmap.mean(dtype=np.float64))
+        if not _close(now, recorded):
+            raise InputError(
+                item.path,
+                f"{layer.alias} channel {c} now gives {now:.6g} where the scan recorded "
+                f"{recorded:.6g}: the file changed since the scan, or the preprocessing is "
+                "not deterministic",
+            )
+        target = crops.layers[layer.alias]
+        row, col = divmod(int(tops[layer.alias].locations[c, r]), fmap.shape[1])
+        window = target.field.window(row, col)
+        target.locations[c, r] = (row, col)
+        target.boxes[c, r] = target.field.box(row, col, height, width)
+        glow = heat(fmap, target.field, window) if options.highlight else None
+        target.store.put(c, r, cut(pixels, window, fill), glow)
+
+
+# --- pictures and index ------------------------------------------------------------------
+
+
+def draw_outputs(
+    loaded: LoadedModel,
+    layers: Sequence[ConvLayer],
+    result: dict[str, Any],
+    crops: Crops,
+    options: TopOptions,
+    out_dir: Path,
+    events: TopEvents,
+) -> Path:
+    """Pages per layer, one strip per channel, and index.html; returns the index's path."""
+    from vggviz import toppictures, topreport
+
+    events.phase("pictures", sum(len(result["layers"][la.alias]["channels"]) for la in layers))
+
+    warning = random_warning(loaded.random, loaded.weights)
+    pages: dict[str, list[str]] = {}
+    strips: dict[str, dict[int, str]] = {}
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="vggviz-png") as encoder:
+        for layer in layers:
+            alias = layer.alias
+            channels = result["layers"][alias]["channels"]
+            target = crops.layers[alias]
+            pages[alias], strips[alias] = [], {}
+            for stale in (out_dir / PAGES_DIR).glob(f"{layer.index:02d}-{alias}-*.png"):
+                stale.unlink()  # an earlier run's pages of this layer (it may have had more)
+            for first in range(0, len(channels), DRAW_GROUP):
+                stop = min(first + DRAW_GROUP, len(channels))
+                pixels, glow = target.store.get(first, stop)
+                rows = [
+                    toppictures.ChannelRow(
+                        channel=ch["channel"],
+                        crops=[
+                            toppictures.Crop(
+                                pixels=pixels[i, r],
+                                name=Path(entry["input"]).name,
+                                value=entry["value"],
+                                heat=None if glow is None else glow[i, r],
+                            )
+                            for r, entry in enumerate(ch["top"])
+                        ],
+                    )
+                    for i, ch in enumerate(channels[first:stop])
+                ]
+                title = (
+                    f"{loaded.arch}, weights {loaded.weights}  ·  {result['images']} images  ·  "
+                    f"{options.reduce} of each map at {options.stage}"
+                )
+                done: list[Future[Path]] = []
+                for image in toppictures.layer_pages(
+                    alias,
+                    layer.name,
+                    target.field.size,
+                    rows,
+                    k=options.k,
+                    title=title,
+                    warning=warning,
+                ):
+                    name = f"{PAGES_DIR}/{layer.index:02d}-{alias}-{len(pages[alias]) + 1:02d}.png"
+                    pages[alias].append(name)
+                    done.append(encoder.submit(writing.save_png, image, out_dir / name))
+                for row in rows:
+                    name = f"{STRIPS_DIR}/{alias}/{row.channel:04d}.png"
+                    strips[alias][row.channel] = name
+                    done.append(encoder.submit(_save_strip, row, options.k, out_dir / name))
+                for future in done:
+                    future.result()
+                events.advance(len(rows))
+    return topreport.write_top_index(out_dir, result, pages=pages, strips=strips)
+
+
+def _save_strip(row: Any, k: int, path: Path) -> Path:
+    """Drawn and encoded on a worker thread: Pillow's resizing and zlib release the GIL."""
+    from vggviz import toppictures
+
+    return writing.save_png(toppictures.channel_strip(row, k=k), path)

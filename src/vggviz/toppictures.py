@@ -1,0 +1,230 @@
+"""Pictures for ``vggviz top``: each channel's strongest images, cropped to what its unit sees.
+
+A layer page has one row per channel: its number at the left, then its top K crops, best
+first, each labelled with the image's name and the channel's value on it. The crop is the
+receptive field of the winning unit, so it shows what the channel responded to; crops of
+the first layers are only a few pixels wide and are enlarged with nearest-neighbour (sharp
+blocks, no invented detail). numpy and Pillow only: no torch, no click.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from vggviz import render
+from vggviz.render import BACKGROUND, FOREGROUND, MUTED, PAD
+
+CROP_MIN = 88  # smaller crops are enlarged by a whole factor to at least about this (3 px -> 90)
+CROP_MAX = 256  # larger crops (VGG19's deepest layers) are reduced to this
+PAGE_ROWS = (16, 8, 4)  # channels per page: 16, fewer for large crops
+PAGE_BODY = 3200  # pixels of rows per page at most (16 rows of crops up to about 150 px)
+LABEL_W = 92  # the channel-number column
+CAPTION_H = 34  # two text lines under each crop: image name, value
+GAP = 6  # between crops in a row
+STRIP_GAP = 2
+HIGHLIGHT_CMAP = "inferno"
+EMPTY = (40, 40, 46)  # a slot with no image (fewer images than K)
+
+
+@dataclass(frozen=True)
+class Crop:
+    """One top image of a channel, cut to the winning unit's receptive field."""
+
+    pixels: np.ndarray  # (S, S, 3) uint8 from the resized photo the network saw, padded to S x S
+    name: str  # the image's short name for the label
+    value: float  # the channel's reduced value on that image
+    heat: np.ndarray | None = None  # (S, S) float in [0, 1]: the map over the crop (--highlight)
+
+
+@dataclass(frozen=True)
+class ChannelRow:
+    channel: int
+    crops: list[Crop]  # best first, at most k
+
+
+def crop_size(rows: Sequence[ChannelRow], rf_size: int) -> int:
+    """The side S shared by every crop of the layer (``rf_size`` when there are none).
+
+    Raises ValueError for a crop that is not (S, S, 3) uint8 or whose heat is not (S, S).
+    """
+    size = None
+    for row in rows:
+        for crop in row.crops:
+            px = crop.pixels
+            if px.ndim != 3 or px.shape[2] != 3 or px.shape[0] != px.shape[1]:
+                raise ValueError(
+                    f"channel {row.channel}, {crop.name}: crop must be (S, S, 3), got {px.shape}"
+                )
+            if px.dtype != np.uint8:
+                raise ValueError(f"channel {row.channel}, {crop.name}: crop must be uint8")
+            if size is None:
+                size = px.shape[0]
+            elif px.shape[0] != size:
+                raise ValueError(
+                    f"channel {row.channel}, {crop.name}: crop is {px.shape[0]} px, "
+                    f"the layer's other crops {size} px (pad them to one size)"
+                )
+            if crop.heat is not None and crop.heat.shape != px.shape[:2]:
+                raise ValueError(
+                    f"channel {row.channel}, {crop.name}: heat {crop.heat.shape} "
+                    f"does not match the crop {px.shape[:2]}"
+                )
+    if size is None:
+        if rf_size < 1:
+            raise ValueError(f"receptive field size must be positive, got {rf_size}")
+        return rf_size
+    return size
+
+
+def display_size(size: int) -> int:
+    """How large an S-pixel crop is drawn on a page: small ones enlarged by a whole factor
+    (so every input pixel stays a crisp square), huge ones reduced."""
+    if size < CROP_MIN:
+        return size * math.ceil(CROP_MIN / size)
+    return min(size, CROP_MAX)
+
+
+def crop_picture(crop: Crop, side: int) -> np.ndarray:
+    """The crop (heat blended over it when it has one) resized to ``side`` x ``side``."""
+    pixels = crop.pixels
+    if crop.heat is not None:
+        heat = (np.clip(crop.heat, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+        pixels = render.overlay(pixels, render.colormap(HIGHLIGHT_CMAP)[heat], heat)
+    size = pixels.shape[0]
+    if side == size:
+        return pixels
+    if side > size and side % size == 0:
+        k = side // size
+        return pixels.repeat(k, axis=0).repeat(k, axis=1)
+    how = Image.Resampling.NEAREST if side > size else Image.Resampling.LANCZOS
+    return np.asarray(Image.fromarray(pixels).resize((side, side), how))
+
+
+def rows_per_page(row_height: int) -> int:
+    """Rows per page: the most of PAGE_ROWS whose page stays about PAGE_BODY pixels tall.
+
+    Every page but a layer's last is full, and each choice divides 64, so a layer drawn a
+    group of 64 (or 16) channels at a time gets the same pages as one drawn at once, and
+    index.html can tell which page holds a channel from the number of pages alone.
+    """
+    for rows in PAGE_ROWS:
+        if rows * row_height <= PAGE_BODY:
+            return rows
+    return PAGE_ROWS[-1]
+
+
+def _fit(text: str, width: float, size: int) -> str:
+    """``text`` shortened in the middle (keeping its end, the extension) to ``width`` px."""
+    f = render.font(size)
+    if f.getlength(text) <= width:
+        return text
+    keep = len(text)
+    while keep > 1:
+        keep -= 1
+        head = (keep + 1) // 2
+        short = text[:head] + "…" + text[len(text) - (keep - head) :]
+        if f.getlength(short) <= width:
+            return short
+    return "…"
+
+
+def _value(value: float) -> str:
+    return f"{value:.4g}"
+
+
+def _row_body(row: ChannelRow, k: int, side: int) -> Image.Image:
+    width = LABEL_W + k * (side + GAP)
+    height = side + CAPTION_H
+    body = Image.new("RGB", (width, height), BACKGROUND)
+    draw = ImageDraw.Draw(body)
+    draw.text((8, 2), f"#{row.channel}", font=render.font(22), fill=FOREGROUND)
+    crops = row.crops[:k]
+    if not crops or all(c.value <= 0 for c in crops):
+        draw.text((8, 32), "never", font=render.font(13), fill=(255, 170, 60))
+        draw.text((8, 48), "active", font=render.font(13), fill=(255, 170, 60))
+    small = render.font(12)
+    for j in range(k):
+        x = LABEL_W + j * (side + GAP)
+        if j >= len(crops):
+            draw.rectangle((x, 0, x + side - 1, side - 1), fill=EMPTY)
+            continue
+        crop = crops[j]
+        body.paste(Image.fromarray(crop_picture(crop, side)), (x, 0))
+        draw.text((x + 1, side + 2), _fit(crop.name, side - 2, 12), font=small, fill=FOREGROUND)
+        draw.text((x + 1, side + 17), _value(crop.value), font=small, fill=MUTED)
+    return body
+
+
+def layer_pages(
+    alias: str,
+    module: str,
+    rf_size: int,
+    rows: list[ChannelRow],
+    *,
+    k: int,
+    title: str,
+    warning: str | None = None,
+) -> list[Image.Image]:
+    """One or more pages for a layer: one row per channel (its number at the left), k crops per
+    row, each crop labelled with its image name and value; rows per page chosen to read well
+    (:func:`rows_per_page`: ``rows`` may be any run of a layer's channels that starts on a
+    multiple of 16, so that a big layer can be drawn a group at a time).
+
+    ``title`` is the run's description (model, weights, stage, reduce), shown under the
+    layer's own heading; ``warning`` (such as random weights) is drawn in orange.
+    """
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    size = crop_size(rows, rf_size)
+    side = display_size(size)
+    row_h = side + CAPTION_H + PAD * 2
+    per_page = rows_per_page(row_h)
+    chunks = [rows[i : i + per_page] for i in range(0, len(rows), per_page)] or [[]]
+    if size == side:
+        shown = f"crops {size}x{size} px"
+    elif side > size:
+        shown = f"crops {size}x{size} px, enlarged {side // size}x (nearest)"
+    else:
+        shown = f"crops {size}x{size} px, shown at {side}x{side}"
+    how = f"top {k} images per channel, best first  ·  receptive field {rf_size} px  ·  {shown}"
+    pages = []
+    for chunk in chunks:
+        width = LABEL_W + k * (side + GAP) + PAD
+        body = Image.new("RGB", (width, max(1, len(chunk)) * row_h), BACKGROUND)
+        draw = ImageDraw.Draw(body)
+        for i, row in enumerate(chunk):
+            y = i * row_h
+            if i:  # a faint rule between rows: the eye follows a channel across
+                draw.line((PAD, y, width - PAD, y), fill=(60, 60, 68))
+            body.paste(_row_body(row, k, side), (PAD, y + PAD))
+        if not chunk:
+            span = "no channels"
+        elif len(chunk) == 1:
+            span = f"channel #{chunk[0].channel}"
+        else:
+            span = f"channels #{chunk[0].channel}-#{chunk[-1].channel}"
+        heading = f"{alias} ({module})  ·  {span}"
+        pages.append(render.figure(body, [heading, title, how], None, warning))
+    return pages
+
+
+def channel_strip(row: ChannelRow, *, k: int, height: int = 96) -> Image.Image:
+    """One channel's crops in a row, small, for index.html: k square slots of ``height`` px,
+    best first; slots without an image are drawn dark."""
+    if k < 1 or height < 1:
+        raise ValueError(f"k and height must be at least 1, got k={k}, height={height}")
+    crop_size([row], height)
+    width = k * height + (k - 1) * STRIP_GAP
+    strip = Image.new("RGB", (width, height), BACKGROUND)
+    for j in range(k):
+        x = j * (height + STRIP_GAP)
+        if j < len(row.crops):
+            strip.paste(Image.fromarray(crop_picture(row.crops[j], height)), (x, 0))
+        else:
+            strip.paste(EMPTY, (x, 0, x + height, height))
+    return strip
