@@ -101,7 +101,9 @@ def crop_picture(crop: Crop, side: int) -> np.ndarray:
     if side > size and side % size == 0:
         k = side // size
         return pixels.repeat(k, axis=0).repeat(k, axis=1)
-    how = Image.Resampling.NEAREST if side > size else Image.Resampling.LANCZOS
+    # nearest up (crisp input pixels); down, Pillow's antialiased bilinear: as smooth on
+    # fine stripes as Lanczos and 3x faster (box filtering aliases at non-integer ratios)
+    how = Image.Resampling.NEAREST if side > size else Image.Resampling.BILINEAR
     return np.asarray(Image.fromarray(pixels).resize((side, side), how))
 
 
