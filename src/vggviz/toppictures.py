@@ -29,6 +29,7 @@ GAP = 6  # between crops in a row
 STRIP_GAP = 2
 HIGHLIGHT_CMAP = "inferno"
 EMPTY = (40, 40, 46)  # a slot with no image (fewer images than K)
+WARN = (255, 170, 60)  # "never active", in the orange of render.figure's warnings
 
 
 @dataclass(frozen=True)
@@ -147,8 +148,8 @@ def _row_body(row: ChannelRow, k: int, side: int) -> Image.Image:
     draw.text((8, 2), f"#{row.channel}", font=render.font(22), fill=FOREGROUND)
     crops = row.crops[:k]
     if not crops or all(c.value <= 0 for c in crops):
-        draw.text((8, 32), "never", font=render.font(13), fill=(255, 170, 60))
-        draw.text((8, 48), "active", font=render.font(13), fill=(255, 170, 60))
+        draw.text((8, 32), "never", font=render.font(13), fill=WARN)
+        draw.text((8, 48), "active", font=render.font(13), fill=WARN)
     small = render.font(12)
     for j in range(k):
         x = LABEL_W + j * (side + GAP)
