@@ -184,6 +184,8 @@ def test_known_answer_a_red_detector(tmp_path: Path, red_detector: Path) -> None
     first = np.asarray(strip.convert("RGB"))[:, :96]
     assert first[40:56, 40:56, 0].min() > 200 and first[40:56, 40:56, 1:].max() < 30
     assert not list(out.glob(".top-crops-*"))  # scratch files are gone
+    index = (out / "index.html").read_text()
+    assert "top-strips/conv1/0000.png" in index and "top-pages/02-conv2-01.png" in index
 
 
 def test_reduce_mean_ranks_by_the_mean(tmp_path: Path, red_detector: Path) -> None:
@@ -349,3 +351,24 @@ def test_highlight_reuses_the_scan_and_colours_the_crops(tmp_path, red_detector)
     lit = np.asarray(Image.open(out / "top-strips" / "conv2" / "0000.png").convert("RGB"))
     # b.png's crop: black but for its red dot; the heat colours the pixels around the dot
     assert plain[:, :96].sum() < lit[:, :96].sum()
+
+
+def test_sigterm_stops_the_scan_with_143_and_it_resumes(tmp_path, eight_photos, vgg11_file) -> None:
+    out = tmp_path / "out"
+    args = ["--layers", "conv1", "-k", "3", "--checkpoint-every", "1"]
+    argv = [sys.executable, "-c", _SLOW_VGGVIZ, "top", str(eight_photos), *args]
+    argv += ["--arch", "vgg11", "--weights", str(vgg11_file), "--size", "32", "-o", str(out)]
+    child = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "top-scan" / "chunk-000001.npz").exists():
+            assert child.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        child.terminate()
+        stderr = child.communicate(timeout=60)[1].decode()
+    finally:
+        child.kill()
+    assert child.returncode == 143
+    assert "interrupted: run the same command again to resume the scan" in stderr
+    result = top(out, vgg11_file, eight_photos, *args)
+    assert result.exit_code == 0 and "resuming the scan after" in result.stderr

@@ -785,7 +785,8 @@ class _TopProgress:
     def phase(self, name: str, total: int, done: int = 0) -> None:
         self._close()
         if self.show_bar and total > done:
-            label = "scan" if name == "scan" else "crops (inputs run again)"
+            label = {"crops": "crops (inputs run again)", "pictures": "pictures (channels)"}
+            label = label.get(name, name)
             self.bar = click.progressbar(
                 length=total, label=label, file=sys.stderr, show_eta=True, show_pos=True
             )

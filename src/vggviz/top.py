@@ -20,7 +20,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -31,8 +31,11 @@ from vggviz.errors import InputError, UsageError, VggvizError
 from vggviz.inputs import InputItem
 from vggviz.layers import ConvLayer
 from vggviz.models import LoadedModel
-from vggviz.topk import TopK, channel_stats
+from vggviz.topk import ChannelStats, TopK, channel_stats
 from vggviz.topstate import Fingerprint, ScanState
+
+if TYPE_CHECKING:
+    from vggviz.topcrops import LayerCrops
 
 REDUCES = ("max", "mean")
 TOP_JSON = "top.json"
@@ -66,7 +69,8 @@ class TopEvents:
     """What a top run tells its caller as it goes; the default ignores everything."""
 
     def phase(self, name: str, total: int, done: int = 0) -> None:
-        """A phase begins: ``scan`` (inputs) or ``crops`` (inputs run again)."""
+        """A phase begins: ``scan`` (inputs), ``crops`` (inputs run again) or ``pictures``
+        (channels drawn)."""
 
     def advance(self, count: int = 1) -> None:
         """``count`` more items of the current phase are finished."""
@@ -84,7 +88,7 @@ class TopResult:
     failed: list[str] = field(default_factory=list)  # one message per input that failed
     scan_dir: Path | None = None  # a shard's partial result
     top_json: Path | None = None
-    index: Path | None = None
+    index: Path | None = None  # None for a shard's partial result
 
 
 def run_top(
@@ -442,7 +446,7 @@ def _finish(
             result["layers"][layer.alias] = _layer_json(
                 layer, tops[layer.alias], stats, crops.layers[layer.alias], items
             )
-        index = topcrops.draw_outputs(loaded, layers, result, crops, options, out_dir)
+        index = topcrops.draw_outputs(loaded, layers, result, crops, options, out_dir, events)
     finally:
         crops.discard()
     top_json = writing.save_json(result, out_dir / TOP_JSON)  # last: its presence means done
@@ -456,7 +460,13 @@ def _number(value: float) -> float:
     return float(f"{value:.6g}")
 
 
-def _layer_json(layer, top: TopK, stats, crops, items: Sequence[InputItem]) -> dict[str, Any]:
+def _layer_json(
+    layer: ConvLayer,
+    top: TopK,
+    stats: ChannelStats,
+    crops: LayerCrops,
+    items: Sequence[InputItem],
+) -> dict[str, Any]:
     channels = []
     for c in range(top.values.shape[0]):
         entries = []

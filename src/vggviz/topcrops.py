@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -32,10 +32,13 @@ from vggviz.pictures import random_warning
 from vggviz.receptive import ReceptiveField, layer_field
 from vggviz.topk import NO_INPUT, TopK
 
+if TYPE_CHECKING:
+    from vggviz.top import TopEvents, TopOptions
+
 RELATIVE_TOLERANCE = 1e-3
 PAGES_DIR = "top-pages"
 STRIPS_DIR = "top-strips"
-DRAW_GROUP = 64  # channels whose crops are in memory at once while drawing
+DRAW_GROUP = 32  # channels whose crops and pages are in memory at once while drawing
 
 
 class CropStore:
@@ -107,7 +110,9 @@ def pad_colour(normalize: bool) -> tuple[int, int, int]:
     return (round(mean[0] * 255), round(mean[1] * 255), round(mean[2] * 255))
 
 
-def cut(photo: np.ndarray, window: tuple[int, int, int, int], fill: tuple[int, int, int]):
+def cut(
+    photo: np.ndarray, window: tuple[int, int, int, int], fill: tuple[int, int, int]
+) -> np.ndarray:
     """``photo`` (H, W, 3) inside ``window`` [left, top, right, bottom), padded with
     ``fill`` where the window leaves the photo, so every crop of a layer is one size."""
     left, top, right, bottom = window
@@ -133,7 +138,7 @@ def _interpolation(coords: np.ndarray, n: int) -> np.ndarray:
     return out
 
 
-def heat(fmap: np.ndarray, field: ReceptiveField, window: tuple[int, int, int, int]):
+def heat(fmap: np.ndarray, field: ReceptiveField, window: tuple[int, int, int, int]) -> np.ndarray:
     """The map (h, w), bilinearly upsampled over the crop ``window``: each crop pixel gets
     the map interpolated between the units whose fields are centred around it; divided by
     the map's maximum, so [0, 1]."""
@@ -155,9 +160,9 @@ def run_pass2(
     layers: Sequence[ConvLayer],
     tops: dict[str, TopK],
     items: Sequence[InputItem],
-    options: Any,
+    options: TopOptions,
     out_dir: Path,
-    events: Any,
+    events: TopEvents,
 ) -> Crops:
     """Every input in any channel's top-K runs once more (in input order, all of its layers
     in one forward); its values must match the scan's to 1e-3 relative, else an
@@ -192,7 +197,15 @@ def run_pass2(
     return crops
 
 
-def _rerun(loaded, item: InputItem, jobs, tops, crops: Crops, options, fill) -> None:
+def _rerun(
+    loaded: LoadedModel,
+    item: InputItem,
+    jobs: list[tuple[ConvLayer, int, int]],
+    tops: dict[str, TopK],
+    crops: Crops,
+    options: TopOptions,
+    fill: tuple[int, int, int],
+) -> None:
     photo = images.resize_for_model(images.load_rgb(item.path), options.size)
     pixels = np.asarray(photo)
     height, width = pixels.shape[:2]
@@ -228,11 +241,14 @@ def draw_outputs(
     layers: Sequence[ConvLayer],
     result: dict[str, Any],
     crops: Crops,
-    options: Any,
+    options: TopOptions,
     out_dir: Path,
-) -> Path | None:
+    events: TopEvents,
+) -> Path:
     """Pages per layer, one strip per channel, and index.html; returns the index's path."""
-    from vggviz import toppictures
+    from vggviz import toppictures, topreport
+
+    events.phase("pictures", sum(len(result["layers"][la.alias]["channels"]) for la in layers))
 
     warning = random_warning(loaded.random, loaded.weights)
     pages: dict[str, list[str]] = {}
@@ -284,10 +300,7 @@ def draw_outputs(
                     done.append(encoder.submit(_save_strip, row, options.k, out_dir / name))
                 for future in done:
                     future.result()
-    try:
-        from vggviz import topreport
-    except ImportError:  # topview's index.html, until its branch is merged
-        return None
+                events.advance(len(rows))
     return topreport.write_top_index(out_dir, result, pages=pages, strips=strips)
 
 
