@@ -329,3 +329,30 @@ def test_page_renders_in_chromium(tmp_path: Path) -> None:
     # each strip: 3 crops shown 80 px high, about 80 x 80 px each of its colour
     for colour in STRIP_COLOURS:
         assert counts.get(colour, 0) > 3 * 75 * 75, f"strip {colour} did not load"
+
+
+def test_a_top_run_links_every_strip_to_the_page_that_holds_it(
+    tmp_path: Path, vgg11_file: Path
+) -> None:
+    # pass 2 draws a layer a group of channels at a time; the pages must still be the ones
+    # index.html expects, 16 channels each, in order
+    from click.testing import CliRunner
+    from conftest import write_photo
+
+    from vggviz.cli import cli
+
+    for i in range(3):
+        write_photo(tmp_path / "photos" / f"p{i}.png", 40, 48, seed=i)
+    out = tmp_path / "out"
+    args = ["top", str(tmp_path / "photos"), "-o", str(out), "--arch", "vgg11"]
+    args += ["--weights", str(vgg11_file), "--size", "32", "--layers", "conv1,conv2", "-k", "2"]
+    result = CliRunner().invoke(cli, [*args, "--quiet"])
+    assert result.exit_code == 0, result.output
+    text = (out / "index.html").read_text(encoding="utf-8")
+    for alias, channels in (("conv1", 64), ("conv2", 128)):
+        links = re.findall(rf'<tr id="layer-{alias}-c(\d+)".*?<a href="([^"]+)"><img', text)
+        assert len(links) == channels, alias
+        pages = sorted({href for _, href in links})
+        assert len(pages) == channels // 16 and all((out / p).is_file() for p in pages)
+        for channel, href in links:
+            assert href == pages[int(channel) // 16], (alias, channel)
