@@ -123,15 +123,11 @@ def model_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _load(arch: str, weights: str, seed: int, device: str, precision: str):
-    from vggviz.models import bf16_is_native, load_model
+    from vggviz.models import bf16_note, load_model
 
     loaded = load_model(arch, weights, seed=seed, device=device, precision=precision)
-    if precision == "bf16" and not bf16_is_native(loaded.device):
-        click.echo(
-            f"vggviz: note: {loaded.device} has no bfloat16 instructions (AVX512-BF16 or AMX); "
-            "--precision bf16 will be far slower than fp32 here",
-            err=True,
-        )
+    if note := bf16_note(loaded):
+        click.echo(f"vggviz: {note}", err=True)
     return loaded
 
 
@@ -645,7 +641,7 @@ def weights_import(file: Path) -> None:
 @model_options
 @click.option(
     "--stage",
-    type=click.Choice(["conv", "bn", "relu"]),
+    type=click.Choice(catalog.STAGES),
     default="relu",
     show_default=True,
     help="Take each map after the conv, BN or ReLU.",
@@ -681,7 +677,7 @@ def weights_import(file: Path) -> None:
 )
 @click.option(
     "--reduce",
-    type=click.Choice(["max", "mean"]),
+    type=click.Choice(catalog.REDUCES),
     default="max",
     show_default=True,
     help="A map's value: max (its strongest unit, which is cropped) or mean (cropped at its "
@@ -706,6 +702,7 @@ def weights_import(file: Path) -> None:
     "--shard",
     default=None,
     metavar="K/N",
+    callback=_checked(lambda text: (checks.parse_shard(text), text)[1]),
     help="Scan only the K-th of N deterministic parts and leave a partial result for --merge.",
 )
 @click.option(
@@ -751,49 +748,38 @@ def top(
         vggviz top photos/ -o top/ --shard 2/8      # one part, on one node
         vggviz top photos/ -o top/ --merge          # then all parts together
     """
-    from vggviz import inputs
+    from vggviz import top as job
 
-    shard_kn = inputs.parse_shard(shard) if shard else None
-    found = inputs.discover(images)
-    if not found.items and not found.problems:
-        passed = f" (passed over {found.hidden} hidden and {found.not_images} non-image file(s))"
-        raise click.ClickException(f"no images found in {' '.join(images)}" + passed)
-    if found.hidden or found.not_images:
-        _note(quiet, f"passed over {found.hidden} hidden and {found.not_images} non-image file(s)")
-    for problem in found.problems:
-        click.echo(f"error: {problem}", err=True)
-
-    from vggviz.layers import select_layers
-    from vggviz.top import TopOptions, run_top
-
-    loaded = _load(arch, weights, seed, device, precision)
-    options = TopOptions(
-        stage=stage,
-        reduce=reduce,
-        k=k,
-        size=size,
-        normalize=normalize,
-        highlight=highlight,
-        batch_size=batch_size,
-        checkpoint_every=checkpoint_every,
+    request = job.TopRequest(
+        images=images,
+        out_dir=output_dir,
+        arch=arch,
+        weights=weights,
+        seed=seed,
+        device=device,
+        precision=precision,
+        layers=layer_spec,
+        options=job.TopOptions(
+            stage=stage,
+            reduce=reduce,
+            k=k,
+            size=size,
+            normalize=normalize,
+            highlight=highlight,
+            batch_size=batch_size,
+            checkpoint_every=checkpoint_every,
+        ),
+        shard=shard,
+        merge=merge,
     )
     events = _TopProgress(quiet)
     try:
         with events:
-            result = run_top(
-                loaded,
-                select_layers(loaded.layers, layer_spec),
-                found.items,
-                options,
-                output_dir,
-                shard=shard_kn,
-                merge=merge,
-                events=events,
-            )
+            result = job.run(request, events)
     except KeyboardInterrupt as stop:
         click.echo("\ninterrupted: run the same command again to resume the scan", err=True)
         sys.exit(TERMINATED if isinstance(stop, Terminated) else INTERRUPTED)
-    failed = len(result.failed) + len(found.problems)
+    failed = len(result.failed)
     done = f"{result.scanned} scanned, {len(result.failed)} failed"
     if result.scan_dir is not None:
         summary = f"{done} · partial result in {result.scan_dir}{os.sep} (then --merge)"

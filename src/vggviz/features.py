@@ -17,7 +17,7 @@ from typing import Any, BinaryIO
 
 from vggviz import inputs, memory, options, records
 from vggviz.catalog import IMAGENET_FILES, STYLE_DEFAULTS
-from vggviz.errors import OutputError, UsageError, VggvizError, write_error
+from vggviz.errors import OutputError, UsageError, write_error
 from vggviz.records import Record
 
 
@@ -123,10 +123,7 @@ def plan(
 ) -> tuple[list[tuple[inputs.InputItem, Path]], inputs.Discovery, tuple[int, int] | None]:
     """The (input, folder) pairs this run does, what discovery found, and the shard."""
     shard = inputs.parse_shard(request.shard) if request.shard else None
-    found = inputs.discover(request.images, stdin=stdin, exclude=request.out_dir)
-    if not found.items and not found.problems:
-        passed = f" (passed over {found.hidden} hidden and {found.not_images} non-image file(s))"
-        raise VggvizError(f"no images found in {' '.join(request.images)}" + passed)
+    found = inputs.find_images(request.images, stdin=stdin, exclude=request.out_dir)
     folders = records.output_dirs(found.items, request.out_dir)
     work = list(zip(found.items, folders, strict=True))
     if shard:
@@ -155,13 +152,13 @@ def run(request: Request, hooks: Hooks = Hooks(), stdin: BinaryIO | None = None)
     )
     work, found, shard = plan(request, stdin)
     prepare_output(request.out_dir)
-    if found.hidden or found.not_images:
-        hooks.on_note(f"passed over {found.hidden} hidden and {found.not_images} non-image file(s)")
+    if passed := inputs.passed_over(found):
+        hooks.on_note(passed)
     summary = Summary(total=len(work), problems=[str(p) for p in found.problems])
 
     from vggviz import pictures, pipeline
     from vggviz.layers import select_layers
-    from vggviz.models import bf16_is_native, load_model
+    from vggviz.models import bf16_note, load_model
 
     loaded = load_model(
         request.arch,
@@ -170,11 +167,8 @@ def run(request: Request, hooks: Hooks = Hooks(), stdin: BinaryIO | None = None)
         device=request.device,
         precision=request.precision,
     )
-    if request.precision == "bf16" and not bf16_is_native(loaded.device):
-        hooks.on_note(
-            f"note: {loaded.device} has no bfloat16 instructions (AVX512-BF16 or AMX); "
-            "bf16 will be far slower than fp32 here"
-        )
+    if note := bf16_note(loaded):
+        hooks.on_note(note)
     layers = select_layers(loaded.layers, request.layers)
     if request.mode == "network":
         for layer in layers:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
-from vggviz.errors import InputError, UsageError
+from vggviz.errors import InputError, UsageError, VggvizError
 from vggviz.images import IMAGE_EXTENSIONS
 from vggviz.options import parse_shard  # noqa: F401 (part of this module's interface)
 
@@ -89,6 +89,25 @@ def discover(
             else:
                 add(path, name, PurePosixPath(path.name))
     return found
+
+
+def find_images(
+    args: Sequence[str], stdin: BinaryIO | None = None, exclude: Path | None = None
+) -> Discovery:
+    """:func:`discover`, refusing a run with nothing to do: no images and no folder that
+    could not be listed is an error naming what was passed over."""
+    found = discover(args, stdin=stdin, exclude=exclude)
+    if not found.items and not found.problems:
+        passed = f" (passed over {found.hidden} hidden and {found.not_images} non-image file(s))"
+        raise VggvizError(f"no images found in {' '.join(args)}" + passed)
+    return found
+
+
+def passed_over(found: Discovery) -> str | None:
+    """The summary line of what a walk skipped, or None when it skipped nothing."""
+    if not (found.hidden or found.not_images):
+        return None
+    return f"passed over {found.hidden} hidden and {found.not_images} non-image file(s)"
 
 
 def _stdin_lines(stream: BinaryIO) -> list[str]:

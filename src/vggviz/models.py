@@ -72,6 +72,16 @@ def bf16_is_native(device: torch.device) -> bool:
     return any(getattr(cpu, name, lambda: False)() for name in checks)
 
 
+def bf16_note(loaded: LoadedModel) -> str | None:
+    """A warning worth printing when bf16 was asked for on hardware that emulates it."""
+    if loaded.dtype != torch.bfloat16 or bf16_is_native(loaded.device):
+        return None
+    return (
+        f"note: {loaded.device} has no bfloat16 instructions (AVX512-BF16 or AMX); "
+        "bf16 will be far slower than fp32 here"
+    )
+
+
 def check_arch(arch: str) -> str:
     if arch not in ARCHS:
         raise UsageError(f"unknown {arch!r}: expected one of {', '.join(ARCHS)}", param="arch")

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from vggviz import images, inputs, topstate, writing
+from vggviz.catalog import REDUCES
 from vggviz.errors import InputError, UsageError, VggvizError
 from vggviz.inputs import InputItem
 from vggviz.layers import ConvLayer
@@ -37,7 +38,6 @@ from vggviz.topstate import Fingerprint, ScanState
 if TYPE_CHECKING:
     from vggviz.topcrops import LayerCrops
 
-REDUCES = ("max", "mean")
 TOP_JSON = "top.json"
 MATRIX_DIR = "top-matrix"
 _LOOKAHEAD = 4  # inputs decoded ahead of the network on a second thread
@@ -89,6 +89,60 @@ class TopResult:
     scan_dir: Path | None = None  # a shard's partial result
     top_json: Path | None = None
     index: Path | None = None  # None for a shard's partial result
+
+
+@dataclass(frozen=True)
+class TopRequest:
+    """Everything ``vggviz top`` was asked to do (the command line's options, parsed)."""
+
+    images: Sequence[str]
+    out_dir: Path = Path("outputs")
+    arch: str = "vgg16_bn"
+    weights: str = "imagenet"
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "fp32"
+    layers: str = "all"
+    options: TopOptions = field(default_factory=TopOptions)
+    shard: str | None = None
+    merge: bool = False
+
+
+def run(request: TopRequest, events: TopEvents | None = None, stdin: Any = None) -> TopResult:
+    """The job in one call: find the inputs (never inside ``out_dir``), load the model, then
+    :func:`run_top`. Folders that could not be listed are in the result's ``failed``."""
+    from vggviz.layers import select_layers
+    from vggviz.models import bf16_note, load_model
+
+    events = events or TopEvents()
+    request.options.check()
+    shard = inputs.parse_shard(request.shard) if request.shard else None
+    found = inputs.find_images(request.images, stdin=stdin, exclude=request.out_dir)
+    if passed := inputs.passed_over(found):
+        events.note(passed)
+    for problem in found.problems:
+        events.failed(str(problem))
+    loaded = load_model(
+        request.arch,
+        request.weights,
+        seed=request.seed,
+        device=request.device,
+        precision=request.precision,
+    )
+    if note := bf16_note(loaded):
+        events.note(note)
+    result = run_top(
+        loaded,
+        select_layers(loaded.layers, request.layers),
+        found.items,
+        request.options,
+        request.out_dir,
+        shard=shard,
+        merge=request.merge,
+        events=events,
+    )
+    result.failed[:0] = [str(p) for p in found.problems]
+    return result
 
 
 def run_top(
