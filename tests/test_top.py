@@ -177,15 +177,15 @@ def test_known_answer_a_red_detector(tmp_path: Path, red_detector: Path) -> None
     np.testing.assert_allclose(matrix[:, 0], np.array([200, 255, 100, 255, 0]) / 255, rtol=1e-3)
     assert json.loads((out / "top-matrix" / "inputs.json").read_text())[1].endswith("b.png")
     pages = sorted(p.name for p in (out / "top-pages").iterdir())
-    assert pages[0] == "01-conv1-01.png" and any(p.startswith("02-conv2") for p in pages)
-    strip = Image.open(out / "top-strips" / "conv1" / "0000.png")
+    assert pages[0] == "01-conv1-01.jpg" and any(p.startswith("02-conv2") for p in pages)
+    strip = Image.open(out / "top-strips" / "conv1" / "0000.jpg")
     assert strip.height == 96
     # the first crop of the strip is b.png's red dot at its top-left: red, not the padding
     first = np.asarray(strip.convert("RGB"))[:, :96]
     assert first[40:56, 40:56, 0].min() > 200 and first[40:56, 40:56, 1:].max() < 30
     assert not list(out.glob(".top-crops-*"))  # scratch files are gone
     index = (out / "index.html").read_text()
-    assert "top-strips/conv1/0000.png" in index and "top-pages/02-conv2-01.png" in index
+    assert "top-strips/conv1/0000.jpg" in index and "top-pages/02-conv2-01.jpg" in index
 
 
 def test_reduce_mean_ranks_by_the_mean(tmp_path: Path, red_detector: Path) -> None:
@@ -344,14 +344,14 @@ def test_highlight_reuses_the_scan_and_colours_the_crops(tmp_path, red_detector)
     args = ("--no-normalize", "--layers", "conv2", "-k", "2")
     assert top(out, red_detector, photos, *args).exit_code == 0
     plain_json = (out / "top.json").read_bytes()
-    plain = np.asarray(Image.open(out / "top-strips" / "conv2" / "0000.png").convert("RGB"))
-    stale = out / "top-pages" / "02-conv2-99.png"
+    plain = np.asarray(Image.open(out / "top-strips" / "conv2" / "0000.jpg").convert("RGB"))
+    stale = out / "top-pages" / "02-conv2-99.jpg"
     stale.write_bytes(b"a page of an earlier run")
     result = top(out, red_detector, photos, *args, "--highlight")
     assert result.exit_code == 0 and "scan already complete" in result.stderr
     assert not stale.exists()
     assert (out / "top.json").read_bytes() == plain_json
-    lit = np.asarray(Image.open(out / "top-strips" / "conv2" / "0000.png").convert("RGB"))
+    lit = np.asarray(Image.open(out / "top-strips" / "conv2" / "0000.jpg").convert("RGB"))
     # b.png's crop: black but for its red dot; the heat colours the pixels around the dot
     assert plain[:, :96].sum() < lit[:, :96].sum()
 

@@ -259,7 +259,7 @@ def draw_outputs(
             channels = result["layers"][alias]["channels"]
             target = crops.layers[alias]
             pages[alias], strips[alias] = [], {}
-            for stale in (out_dir / PAGES_DIR).glob(f"{layer.index:02d}-{alias}-*.png"):
+            for stale in (out_dir / PAGES_DIR).glob(f"{layer.index:02d}-{alias}-*.*"):
                 stale.unlink()  # an earlier run's pages of this layer (it may have had more)
             for first in range(0, len(channels), DRAW_GROUP):
                 stop = min(first + DRAW_GROUP, len(channels))
@@ -293,11 +293,12 @@ def draw_outputs(
                     title=title,
                     warning=warning,
                 ):
-                    name = f"{PAGES_DIR}/{layer.index:02d}-{alias}-{len(pages[alias]) + 1:02d}.png"
+                    number = len(pages[alias]) + 1  # JPEG: pages are photos (crops), see save_jpeg
+                    name = f"{PAGES_DIR}/{layer.index:02d}-{alias}-{number:02d}.jpg"
                     pages[alias].append(name)
-                    done.append(encoder.submit(writing.save_png, image, out_dir / name))
+                    done.append(encoder.submit(writing.save_jpeg, image, out_dir / name))
                 for row in rows:
-                    name = f"{STRIPS_DIR}/{alias}/{row.channel:04d}.png"
+                    name = f"{STRIPS_DIR}/{alias}/{row.channel:04d}.jpg"
                     strips[alias][row.channel] = name
                     done.append(encoder.submit(_save_strip, row, options.k, out_dir / name))
                 for future in done:
@@ -307,7 +308,7 @@ def draw_outputs(
 
 
 def _save_strip(row: Any, k: int, path: Path) -> Path:
-    """Drawn and encoded on a worker thread: Pillow's resizing and zlib release the GIL."""
+    """Drawn and encoded on a worker thread: Pillow's resizing and encoding release the GIL."""
     from vggviz import toppictures
 
-    return writing.save_png(toppictures.channel_strip(row, k=k), path)
+    return writing.save_jpeg(toppictures.channel_strip(row, k=k), path, quality=85)

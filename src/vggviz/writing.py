@@ -96,6 +96,16 @@ def save_png(image: Image.Image, path: Path) -> Path:
     return path
 
 
+def save_jpeg(image: Image.Image, path: Path, quality: int = 90) -> Path:
+    """``image`` as a JPEG at ``path``, written atomically: for pictures made of photos
+    (the crops of ``vggviz top``), where it is 10-20x faster and 5x smaller than PNG."""
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, format="JPEG", quality=quality, subsampling=0)
+    with atomic_file(path) as f:
+        f.write(buffer.getbuffer())
+    return path
+
+
 def save_json(obj: object, path: Path) -> Path:
     """JSON that stays valid whatever the names in it (see :func:`vggviz.records.dumps`)."""
     with atomic_file(path, "w") as f:
