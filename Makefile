@@ -7,7 +7,7 @@ OUT ?= outputs
 DEVICE ?= cpu
 ARCH ?= vgg16_bn
 
-.PHONY: demo test bench lint clean
+.PHONY: demo test bench bench-features bench-top lint clean
 
 # (Re)install when pyproject.toml changes; the venv itself is made once.
 $(STAMP): pyproject.toml
@@ -29,9 +29,15 @@ test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest -q
 
-## bench: vggviz against the tutorial on the same photo and checkpoint (DEVICE=cuda for a GPU)
-bench: $(STAMP)
+## bench: features against the tutorial and the bare forward pass (DEVICE=cuda for a GPU),
+## then top's scan against the bare forward pass, its memory and pass 2
+bench: bench-features bench-top
+
+bench-features: $(STAMP)
 	$(BIN)/python benchmarks/bench.py --device $(DEVICE)
+
+bench-top: $(STAMP)
+	$(BIN)/python benchmarks/bench_top.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
