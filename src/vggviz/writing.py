@@ -30,6 +30,7 @@ PNG_COMPRESS_LEVEL = 1  # 5x faster than Pillow's default, a few % larger
 # byte a pixel) deflate 25% smaller with ordinary matching, at the same speed (layer pictures
 # of a 336x224 photo: 2.5 MB instead of 3.3 MB, RGB was 5.4 MB).
 PNG_STRATEGY = {"RGB": zlib.Z_RLE, "P": zlib.Z_DEFAULT_STRATEGY}
+RLE_ABOVE = 1_000_000  # pixels; conv1 and conv2 of a 336x224 photo: 8 ms instead of 17
 
 
 def _umask() -> int:
@@ -90,6 +91,8 @@ def save_png(image: Image.Image, path: Path) -> Path:
     """``image`` (RGB, or palette "P") as a PNG at ``path``, written atomically."""
     buffer = io.BytesIO()  # encode first: the file then exists only for one short write
     strategy = PNG_STRATEGY.get(image.mode, zlib.Z_RLE)
+    if image.width * image.height > RLE_ABOVE:  # big palette pictures: twice as fast, 5% larger
+        strategy = zlib.Z_RLE
     image.save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL, compress_type=strategy)
     with atomic_file(path) as f:
         f.write(buffer.getbuffer())
