@@ -82,6 +82,50 @@ output_dir_option = click.option(
 )
 
 
+def input_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """--stage, --size, --normalize, --layers, --batch-size: how images meet the network, for
+    every command that runs it over images."""
+    options = [
+        click.option(
+            "--stage",
+            type=click.Choice(catalog.STAGES),
+            default="relu",
+            show_default=True,
+            help="Network mode: take each map after the conv, its BN or its ReLU.",
+        ),
+        click.option(
+            "--size",
+            type=click.IntRange(32, 4096),
+            default=224,
+            show_default=True,
+            help="Resize so the shorter side is this many pixels (aspect kept).",
+        ),
+        click.option(
+            "--normalize/--no-normalize",
+            default=True,
+            show_default=True,
+            help="ImageNet mean/std normalisation (--no-normalize: plain [0, 1], as the tutorial).",
+        ),
+        click.option(
+            "--layers",
+            "layer_spec",
+            default="all",
+            show_default=True,
+            help="Which conv layers: all, or e.g. conv1,conv5-conv7.",
+        ),
+        click.option(
+            "--batch-size",
+            type=click.IntRange(1, 256),
+            default=1,
+            show_default=True,
+            help="Images of equal size sent through the network together.",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
 def model_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """--arch, --weights, --seed, --device, --precision: shared by every model command."""
     options = [
@@ -260,6 +304,7 @@ def _check_cmap(name: str) -> None:
 @cli.command()
 @click.argument("images", nargs=-1, required=True)
 @model_options
+@input_options
 @click.option(
     "--mode",
     type=click.Choice(catalog.MODES),
@@ -267,33 +312,6 @@ def _check_cmap(name: str) -> None:
     show_default=True,
     help="network: the network's real activations; chain: the tutorial's conv-only "
     "chain (no BatchNorm, ReLU or pooling).",
-)
-@click.option(
-    "--stage",
-    type=click.Choice(catalog.STAGES),
-    default="relu",
-    show_default=True,
-    help="Network mode: take each map after the conv, BN or ReLU.",
-)
-@click.option(
-    "--size",
-    type=click.IntRange(32, 4096),
-    default=224,
-    show_default=True,
-    help="Resize so the shorter side is this many pixels (aspect kept).",
-)
-@click.option(
-    "--normalize/--no-normalize",
-    default=True,
-    show_default=True,
-    help="ImageNet mean/std normalisation (--no-normalize: plain [0, 1], as the tutorial).",
-)
-@click.option(
-    "--layers",
-    "layer_spec",
-    default="all",
-    show_default=True,
-    help="Which conv layers: all, or e.g. conv1,conv5-conv7.",
 )
 @click.option(
     "--select",
@@ -340,13 +358,10 @@ def _check_cmap(name: str) -> None:
     help="Also write maps.npz: every layer's (C, H, W) float32 map, as drawn.",
 )
 @click.option(
-    "--batch-size",
-    type=click.IntRange(1, 256),
-    default=1,
-    show_default=True,
-    help="Images of equal size sent through the network together.",
+    "--skip-existing",
+    is_flag=True,
+    help="Skip images finished earlier from the same file with the same options.",
 )
-@click.option("--skip-existing", is_flag=True, help="Skip images whose outputs are all present.")
 @click.option(
     "--shard",
     default=None,
@@ -639,33 +654,7 @@ def weights_import(file: Path) -> None:
 @cli.command()
 @click.argument("images", nargs=-1, required=True)
 @model_options
-@click.option(
-    "--stage",
-    type=click.Choice(catalog.STAGES),
-    default="relu",
-    show_default=True,
-    help="Take each map after the conv, BN or ReLU.",
-)
-@click.option(
-    "--size",
-    type=click.IntRange(32, 4096),
-    default=224,
-    show_default=True,
-    help="Resize so the shorter side is this many pixels (aspect kept).",
-)
-@click.option(
-    "--normalize/--no-normalize",
-    default=True,
-    show_default=True,
-    help="ImageNet mean/std normalisation (--no-normalize: plain [0, 1]).",
-)
-@click.option(
-    "--layers",
-    "layer_spec",
-    default="all",
-    show_default=True,
-    help="Which conv layers: all, or e.g. conv1,conv5-conv7.",
-)
+@input_options
 @click.option(
     "-k",
     "--top",
@@ -684,13 +673,6 @@ def weights_import(file: Path) -> None:
     "strongest unit too).",
 )
 @click.option("--highlight", is_flag=True, help="Draw the map, upsampled, over each crop.")
-@click.option(
-    "--batch-size",
-    type=click.IntRange(1, 256),
-    default=1,
-    show_default=True,
-    help="Images of equal size sent through the network together.",
-)
 @click.option(
     "--checkpoint-every",
     type=click.IntRange(1),
