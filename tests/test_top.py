@@ -87,6 +87,11 @@ def test_heat_peaks_at_the_winning_unit() -> None:
     assert glow.shape == (8, 8) and 0.5 < glow.max() <= 1.0
     # the unit's centre falls between the crop's four central pixels: they share the peak
     assert (glow[3:5, 3:5] == glow.max()).all() and glow[0].max() == 0
+    # at the photo's corner the window runs past it: nothing glows on the padding
+    corner = field.window(0, 0)  # starts at -3
+    assert heat(fmap * 0 + 1, field, corner)[:3, :3].min() > 0
+    padded = heat(fmap * 0 + 1, field, corner, (8, 8))
+    assert padded[:3].max() == 0 and padded[:, :3].max() == 0 and padded[3:, 3:].min() > 0
 
 
 def test_the_cli_offers_the_library_s_reductions() -> None:

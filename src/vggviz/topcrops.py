@@ -138,17 +138,28 @@ def _interpolation(coords: np.ndarray, n: int) -> np.ndarray:
     return out
 
 
-def heat(fmap: np.ndarray, field: ReceptiveField, window: tuple[int, int, int, int]) -> np.ndarray:
+def heat(
+    fmap: np.ndarray,
+    field: ReceptiveField,
+    window: tuple[int, int, int, int],
+    photo_size: tuple[int, int] | None = None,
+) -> np.ndarray:
     """The map (h, w), bilinearly upsampled over the crop ``window``: each crop pixel gets
     the map interpolated between the units whose fields are centred around it; divided by
-    the map's maximum, so [0, 1]."""
+    the map's maximum, so [0, 1]. With ``photo_size`` (H, W), zero where the window runs
+    past the photo: the padding there is no part of the picture, so nothing glows on it."""
     left, top, right, _ = window
     offsets = np.arange(right - left) + 0.5  # pixel centres
     ys = (top + offsets - field.centre(0)) / field.jump
     xs = (left + offsets - field.centre(0)) / field.jump
     up = _interpolation(ys, fmap.shape[0]) @ fmap @ _interpolation(xs, fmap.shape[1]).T
     peak = float(fmap.max())
-    return np.clip(up / peak, 0, 1) if peak > 0 else np.zeros_like(up)
+    glow = np.clip(up / peak, 0, 1) if peak > 0 else np.zeros_like(up)
+    if photo_size is not None:
+        rows, cols = top + np.arange(len(glow)), left + np.arange(glow.shape[1])
+        glow[(rows < 0) | (rows >= photo_size[0])] = 0
+        glow[:, (cols < 0) | (cols >= photo_size[1])] = 0
+    return glow
 
 
 def _close(now: float, recorded: float) -> bool:
@@ -229,7 +240,7 @@ def _rerun(
         window = target.field.window(row, col)
         target.locations[c, r] = (row, col)
         target.boxes[c, r] = target.field.box(row, col, height, width)
-        glow = heat(fmap, target.field, window) if options.highlight else None
+        glow = heat(fmap, target.field, window, (height, width)) if options.highlight else None
         target.store.put(c, r, cut(pixels, window, fill), glow)
 
 
