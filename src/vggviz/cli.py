@@ -82,6 +82,13 @@ output_dir_option = click.option(
 )
 
 
+def _stacked(options: list[Callable[[Any], Any]], func: Callable[..., Any]) -> Callable[..., Any]:
+    """``func`` under every option decorator, listed in the order --help shows them."""
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
 def input_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """--stage, --size, --normalize, --layers, --batch-size: how images meet the network, for
     every command that runs it over images."""
@@ -121,9 +128,7 @@ def input_options(func: Callable[..., Any]) -> Callable[..., Any]:
             help="Images of equal size sent through the network together.",
         ),
     ]
-    for option in reversed(options):
-        func = option(func)
-    return func
+    return _stacked(options, func)
 
 
 def model_options(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -161,9 +166,7 @@ def model_options(func: Callable[..., Any]) -> Callable[..., Any]:
             help="Arithmetic of the forward pass.",
         ),
     ]
-    for option in reversed(options):
-        func = option(func)
-    return func
+    return _stacked(options, func)
 
 
 def _load(arch: str, weights: str, seed: int, device: str, precision: str):
