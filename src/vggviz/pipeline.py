@@ -307,9 +307,6 @@ class Engine:
         self.disk_full: str | None = None
         self.on_record = on_record
 
-    def deliver(self, record: Record) -> None:
-        self.on_record(record)
-
     def full(self, message: str) -> None:
         """A write found the disk full (from any thread): no new image is started."""
         self.disk_full = self.disk_full or message
@@ -325,7 +322,7 @@ class Engine:
         ):
             # chain-mode maps are full resolution (up to 100 MB a layer): keep few waiting
             limit = 2 if self.job.mode == "chain" else len(self.layers) + 2
-            backlog = _Backlog(limit, self.deliver)
+            backlog = _Backlog(limit, self.on_record)
             complete = True
             for batch in self._batches(work, backlog):
                 if self.stopping():
