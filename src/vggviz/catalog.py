@@ -1,9 +1,11 @@
 """vggviz's vocabulary: the architectures it knows, with torchvision's ImageNet checkpoint
 for each and their conv widths, and every named choice an option can take.
 
-Plain data with no imports, so the command line can offer the choices (and check a run's
+Plain data with no heavy imports, so the command line can offer the choices (and check a run's
 memory) without loading torch. The library's modules take their names from here.
 """
+
+from dataclasses import dataclass
 
 ARCHS = ("vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn")
 
@@ -40,6 +42,18 @@ SELECTS = ("top", "first")  # the strongest channels by mean activation, or the 
 PRECISIONS = ("fp32", "bf16")  # arithmetic of the forward pass
 VIEWS = ("rgb", "channel", "mean")  # how a filter picture draws a kernel's input channels
 REDUCES = ("max", "mean")  # how a map is reduced to one number per channel
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which model a command runs: the model options every command shares, parsed."""
+
+    arch: str = "vgg16_bn"
+    weights: str = "imagenet"  # imagenet, random, or a state-dict file
+    seed: int = 0  # for random weights
+    device: str = "auto"
+    precision: str = "fp32"
+
 
 # Style defaults by mode: chain mode reproduces the tutorial's picture exactly (first 16
 # channels, grey, each map stretched on its own); network mode shows the most active

@@ -21,7 +21,7 @@ import click
 
 from vggviz import __version__, catalog
 from vggviz import options as checks
-from vggviz.catalog import ARCHS
+from vggviz.catalog import ARCHS, ModelSpec
 from vggviz.errors import UsageError, VggvizError
 
 OK, FAILED, USAGE, INTERRUPTED, PIPE_CLOSED, TERMINATED = 0, 1, 2, 130, 141, 143
@@ -170,10 +170,10 @@ def model_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _load(arch: str, weights: str, seed: int, device: str, precision: str):
-    from vggviz.models import bf16_note, load_model
+    from vggviz.models import load
 
-    loaded = load_model(arch, weights, seed=seed, device=device, precision=precision)
-    if note := bf16_note(loaded):
+    loaded, note = load(ModelSpec(arch, weights, seed, device, precision))
+    if note:
         click.echo(f"vggviz: {note}", err=True)
     return loaded
 
@@ -423,11 +423,7 @@ def features(
     request = job.Request(
         images=images,
         out_dir=output_dir,
-        arch=arch,
-        weights=weights,
-        seed=seed,
-        device=device,
-        precision=precision,
+        model=ModelSpec(arch, weights, seed, device, precision),
         mode=mode,
         stage=stage,
         size=size,
@@ -738,11 +734,7 @@ def top(
     request = job.TopRequest(
         images=images,
         out_dir=output_dir,
-        arch=arch,
-        weights=weights,
-        seed=seed,
-        device=device,
-        precision=precision,
+        model=ModelSpec(arch, weights, seed, device, precision),
         layers=layer_spec,
         options=job.TopOptions(
             stage=stage,

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from vggviz import inputs, memory, options, records
-from vggviz.catalog import IMAGENET_FILES, STYLE_DEFAULTS
+from vggviz.catalog import IMAGENET_FILES, STYLE_DEFAULTS, ModelSpec
 from vggviz.errors import OutputError, UsageError, write_error
 from vggviz.records import Record
 
@@ -27,11 +27,7 @@ class Request:
 
     images: Sequence[str]
     out_dir: Path = Path("outputs")
-    arch: str = "vgg16_bn"
-    weights: str = "imagenet"
-    seed: int = 0
-    device: str = "auto"
-    precision: str = "fp32"
+    model: ModelSpec = field(default_factory=ModelSpec)
     mode: str = "network"
     stage: str = "relu"
     size: int = 224
@@ -143,7 +139,7 @@ def run(request: Request, hooks: Hooks = Hooks(), stdin: BinaryIO | None = None)
         raise UsageError(f"{err}; see matplotlib's colormap list", param="cmap") from None
     grid = options.parse_grid(request.grid)
     memory.check_memory(  # before anything heavy is loaded: --size 4000 must not take 9 GB
-        request.arch,
+        request.model.arch,
         request.size,
         batch_size=request.batch_size,
         mode=request.mode,
@@ -158,31 +154,26 @@ def run(request: Request, hooks: Hooks = Hooks(), stdin: BinaryIO | None = None)
 
     from vggviz import pictures, pipeline
     from vggviz.layers import select_layers
-    from vggviz.models import bf16_note, load_model
+    from vggviz.models import load
 
-    loaded = load_model(
-        request.arch,
-        request.weights,
-        seed=request.seed,
-        device=request.device,
-        precision=request.precision,
-    )
-    if note := bf16_note(loaded):
+    spec = request.model
+    loaded, note = load(spec)
+    if note:
         hooks.on_note(note)
     layers = select_layers(loaded.layers, request.layers)
     if request.mode == "network":
         for layer in layers:
             layer.stage_module(request.stage)  # refuse bn on a model without BatchNorm now
     shaping = {
-        "arch": request.arch,
-        "weights": weights_identity(request.arch, request.weights, request.seed),
+        "arch": spec.arch,
+        "weights": weights_identity(spec.arch, spec.weights, spec.seed),
         "mode": request.mode,
         "stage": request.stage if request.mode == "network" else None,
         "size": request.size,
         "normalize": request.normalize,
         "layers": [layer.alias for layer in layers],
         **style,
-        "precision": request.precision,
+        "precision": spec.precision,
         "raw": request.save_raw,
         "overview": request.overview,
     }
@@ -199,12 +190,12 @@ def run(request: Request, hooks: Hooks = Hooks(), stdin: BinaryIO | None = None)
         fingerprint=records.fingerprint(shaping),
     )
     run_info = {
-        "arch": request.arch,
+        "arch": spec.arch,
         "weights": loaded.weights,
         "mode": request.mode,
         "stage": request.stage if request.mode == "network" else "-",
         "device": str(loaded.device),
-        "precision": request.precision,
+        "precision": spec.precision,
         "date": time.strftime("%Y-%m-%d %H:%M"),
     }
     try:

@@ -21,6 +21,7 @@ from torch import nn
 
 from vggviz import catalog
 from vggviz.architectures import ARCHS, IMAGENET_FILES, vgg
+from vggviz.catalog import ModelSpec
 from vggviz.errors import DeviceError, UsageError, WeightsError
 from vggviz.layers import ConvLayer, find_conv_layers
 from vggviz.options import parse_device
@@ -70,6 +71,14 @@ def bf16_is_native(device: torch.device) -> bool:
     cpu = torch.cpu
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(getattr(cpu, name, lambda: False)() for name in checks)
+
+
+def load(spec: ModelSpec) -> tuple[LoadedModel, str | None]:
+    """:func:`load_model` for a command's model options, with the bf16 note when it applies."""
+    loaded = load_model(
+        spec.arch, spec.weights, seed=spec.seed, device=spec.device, precision=spec.precision
+    )
+    return loaded, bf16_note(loaded)
 
 
 def bf16_note(loaded: LoadedModel) -> str | None:

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from vggviz import images, inputs, topstate, writing
-from vggviz.catalog import REDUCES
+from vggviz.catalog import REDUCES, ModelSpec
 from vggviz.errors import InputError, UsageError, VggvizError
 from vggviz.inputs import InputItem
 from vggviz.layers import ConvLayer
@@ -97,11 +97,7 @@ class TopRequest:
 
     images: Sequence[str]
     out_dir: Path = Path("outputs")
-    arch: str = "vgg16_bn"
-    weights: str = "imagenet"
-    seed: int = 0
-    device: str = "auto"
-    precision: str = "fp32"
+    model: ModelSpec = field(default_factory=ModelSpec)
     layers: str = "all"
     options: TopOptions = field(default_factory=TopOptions)
     shard: str | None = None
@@ -112,7 +108,7 @@ def run(request: TopRequest, events: TopEvents | None = None, stdin: Any = None)
     """The job in one call: find the inputs (never inside ``out_dir``), load the model, then
     :func:`run_top`. Folders that could not be listed are in the result's ``failed``."""
     from vggviz.layers import select_layers
-    from vggviz.models import bf16_note, load_model
+    from vggviz.models import load
 
     events = events or TopEvents()
     request.options.check()
@@ -122,14 +118,8 @@ def run(request: TopRequest, events: TopEvents | None = None, stdin: Any = None)
         events.note(passed)
     for problem in found.problems:
         events.failed(str(problem))
-    loaded = load_model(
-        request.arch,
-        request.weights,
-        seed=request.seed,
-        device=request.device,
-        precision=request.precision,
-    )
-    if note := bf16_note(loaded):
+    loaded, note = load(request.model)
+    if note:
         events.note(note)
     result = run_top(
         loaded,
