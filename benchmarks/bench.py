@@ -341,8 +341,8 @@ def forward_here(folder: Path, precision: str, device: str) -> None:
     and preprocessed as vggviz does, after one warm-up photo (oneDNN's set-up)."""
     import torch
 
-    from vggviz import images
-    from vggviz.models import load_model
+    from vggviz.core import images
+    from vggviz.model.loading import load_model
 
     loaded = load_model("vgg16_bn", str(CHECKPOINT), device=device, precision=precision)
     xs = [

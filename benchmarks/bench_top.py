@@ -103,11 +103,11 @@ def speed_runs(args: argparse.Namespace, work: Path) -> list[str]:
     import numpy as np
     import torch
 
-    from vggviz import images, inputs
-    from vggviz.layers import select_layers
-    from vggviz.models import load_model
-    from vggviz.top import TopOptions, reduce_batch, reducing_hooks, run_top
-    from vggviz.topk import TopK
+    from vggviz.core import images, inputs
+    from vggviz.model.layers import select_layers
+    from vggviz.model.loading import load_model
+    from vggviz.top.job import TopOptions, reduce_batch, reducing_hooks, run_top
+    from vggviz.top.ranking import TopK
 
     loaded = load_model(args.arch, args.weights, device="cpu")
     layers = select_layers(loaded.layers, args.layers)

@@ -9,7 +9,7 @@ import torch
 import torchvision
 from torch import nn
 
-from vggviz.architectures import ARCHS, IMAGENET_FILES, vgg
+from vggviz.model.architectures import ARCHS, IMAGENET_FILES, vgg
 
 
 def _describe(model: nn.Module) -> list[tuple[str, str, str]]:

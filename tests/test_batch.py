@@ -16,7 +16,7 @@ from conftest import load_npz, photo_array, wait_for_records, write_photo
 from PIL import Image
 
 from vggviz.cli import cli
-from vggviz.writing import TMP_SUFFIX
+from vggviz.core.files import TMP_SUFFIX
 
 
 def run(out: Path, weights: Path, *args: str, input: str | None = None):

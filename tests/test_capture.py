@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from vggviz.capture import capture, chain_maps, followed_in_place, network_maps
-from vggviz.layers import find_conv_layers
+from vggviz.model.hooks import capture, chain_maps, followed_in_place, network_maps
+from vggviz.model.layers import find_conv_layers
 
 
 def _hooks(model: nn.Module) -> int:

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from vggviz.errors import WeightsError
-from vggviz.models import load_model, read_state_dict
+from vggviz.core.errors import WeightsError
+from vggviz.model.loading import load_model, read_state_dict
 
 
 def _features(path: Path) -> dict[str, torch.Tensor]:

@@ -12,10 +12,10 @@ from click.testing import CliRunner
 from conftest import load_npz, write_photo
 from PIL import Image
 
-from vggviz import images
-from vggviz.capture import chain_maps, network_maps
 from vggviz.cli import cli
-from vggviz.models import load_model
+from vggviz.core import images
+from vggviz.model.hooks import chain_maps, network_maps
+from vggviz.model.loading import load_model
 
 VGG11_PICTURES = [f"{i:02d}-conv{i}.png" for i in range(1, 9)]
 

@@ -21,9 +21,10 @@ from click.testing import CliRunner
 from conftest import wait_for_records, write_photo
 from PIL import Image
 
-from vggviz import records, writing
 from vggviz.cli import cli
-from vggviz.writing import TMP_SUFFIX
+from vggviz.core import files, folders
+from vggviz.core.files import TMP_SUFFIX
+from vggviz.features import index_page
 
 FAST = ["--arch", "vgg11_bn", "--size", "32", "--device", "cpu", "--layers", "conv1,conv2"]
 
@@ -64,7 +65,7 @@ def assert_every_folder_finished(out: Path) -> None:
     """Each image folder holds a record whose outputs are all there and readable, and nothing
     else of ours: no temporaries, no lock, no picture the record does not list."""
     for folder in image_folders(out):
-        record = json.loads((folder / records.RECORD).read_text("utf-8"))
+        record = json.loads((folder / folders.RECORD).read_text("utf-8"))
         listed = {Path(p).name for p in record["outputs"]}
         assert {p.name for p in folder.iterdir()} == listed, folder
         for png in folder.glob("*.png"):
@@ -100,7 +101,7 @@ def test_two_runs_into_one_folder_share_the_work(tmp_path, vgg11_bn_file, photos
     assert sorted(done) == sorted(str(p) for p in photos.iterdir())
     assert len(image_folders(out)) == 8
     assert_every_folder_finished(out)
-    # when the two overlapped, the second wrote manifest-2.jsonl (records.claim_run's test)
+    # when the two overlapped, the second wrote manifest-2.jsonl (folders.claim_run's test)
     manifests = sorted(p.name for p in out.glob("manifest*.jsonl"))
     assert manifests in (["manifest.jsonl"], ["manifest-2.jsonl", "manifest.jsonl"])
     assert not list(out.glob(".*.lock"))
@@ -132,8 +133,8 @@ def test_a_rerun_with_other_options_killed_then_resumed(tmp_path, vgg11_bn_file)
         fresh = [
             f
             for f in image_folders(out)
-            if (f / records.RECORD).is_file()
-            and json.loads((f / records.RECORD).read_text())["fingerprint"] not in old
+            if (f / folders.RECORD).is_file()
+            and json.loads((f / folders.RECORD).read_text())["fingerprint"] not in old
         ]
         if len(fresh) >= 2:
             break
@@ -151,7 +152,7 @@ def test_a_rerun_with_other_options_killed_then_resumed(tmp_path, vgg11_bn_file)
     skipped = [r for r in got if r["status"] == "skipped"]
     assert len(skipped) >= 2 and {r["fingerprint"] for r in skipped} == new
     for folder in image_folders(out):  # every folder now holds the grey pictures only
-        record = json.loads((folder / records.RECORD).read_text())
+        record = json.loads((folder / folders.RECORD).read_text())
         assert record["fingerprint"] in new
     assert_every_folder_finished(out)
 
@@ -227,7 +228,7 @@ def test_names_that_are_not_utf8(tmp_path, vgg11_bn_file) -> None:
     manifest.decode("utf-8")  # strictly valid
     assert [r["input"] for r in lines(manifest.decode())] == [r["input"] for r in got]
     for record in got:
-        on_disk = (Path(record["folder"]) / records.RECORD).read_bytes().decode("utf-8")
+        on_disk = (Path(record["folder"]) / folders.RECORD).read_bytes().decode("utf-8")
         assert json.loads(on_disk)["input"] == record["input"]
     index = (out / "index.html").read_bytes().decode("utf-8")
     assert "caf%E9%20%FF_png/overview.png" in index
@@ -324,7 +325,7 @@ def test_a_full_disk_stops_cleanly(tmp_path, vgg11_bn_file, photos) -> None:
 def test_a_full_disk_simulated_stops_cleanly(tmp_path, vgg11_bn_file, photos, monkeypatch) -> None:
     """The same, where no small file system can be mounted: the 7th picture (the 3rd image's
     first) finds no space."""
-    real, calls = writing.save_png, []
+    real, calls = files.save_png, []
 
     def save_png(image, path):
         calls.append(path)
@@ -332,7 +333,7 @@ def test_a_full_disk_simulated_stops_cleanly(tmp_path, vgg11_bn_file, photos, mo
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
         return real(image, path)
 
-    monkeypatch.setattr(writing, "save_png", save_png)
+    monkeypatch.setattr(files, "save_png", save_png)
     out = tmp_path / "out"
     result = invoke(out, vgg11_bn_file, photos, "--json", "--no-filters")
     assert result.exit_code == 1
@@ -356,12 +357,10 @@ def test_a_failing_run_file_is_a_run_error(
     def full(*args, **kwargs) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(out / target))
 
-    from vggviz import report
-
     if target == "manifest.jsonl":
-        monkeypatch.setattr(writing.JsonLines, "write", full)
+        monkeypatch.setattr(files.JsonLines, "write", full)
     else:
-        monkeypatch.setattr(report, "write_index", full)
+        monkeypatch.setattr(index_page, "write_index", full)
     out = tmp_path / "out"
     result = invoke(out, vgg11_bn_file, photos)
     assert result.exit_code == 1
@@ -505,7 +504,7 @@ def test_the_output_folder_as_an_input_folder_is_a_usage_error(tmp_path, vgg11_b
 
 
 def test_a_panorama_too_large_for_memory_fails_alone(tmp_path, vgg11_bn_file, monkeypatch) -> None:
-    from vggviz import memory
+    from vggviz.core import memory
 
     square = write_photo(tmp_path / "in" / "square.png", 40, 40)
     wide = write_photo(tmp_path / "in" / "wide.png", 40, 160, seed=1)

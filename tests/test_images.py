@@ -1,4 +1,4 @@
-"""Tests for vggviz.images: every bad file is an InputError, every odd file loads right."""
+"""Tests for vggviz.core.images: every bad file is an InputError, every odd file loads right."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vggviz import images
-from vggviz.errors import InputError, UsageError
-from vggviz.images import (
+from vggviz.core import images
+from vggviz.core.errors import InputError, UsageError
+from vggviz.core.images import (
     IMAGE_EXTENSIONS,
     IMAGENET_MEAN,
     IMAGENET_STD,

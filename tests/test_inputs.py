@@ -1,4 +1,4 @@
-"""Tests for vggviz.inputs: discovery, output folder names and sharding."""
+"""Tests for vggviz.core.inputs: discovery, output folder names and sharding."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-from vggviz.errors import InputError, UsageError
-from vggviz.inputs import (
+from vggviz.core.errors import InputError, UsageError
+from vggviz.core.inputs import (
     Discovery,
     InputItem,
     discover,

@@ -3,9 +3,9 @@ from __future__ import annotations
 import pytest
 from torch import nn
 
-from vggviz.errors import UsageError
-from vggviz.layers import find_conv_layers, select_layers
-from vggviz.models import ARCHS, build
+from vggviz.core.errors import UsageError
+from vggviz.model.layers import find_conv_layers, select_layers
+from vggviz.model.loading import ARCHS, build
 
 CONV_COUNTS = {"vgg11": 8, "vgg13": 10, "vgg16": 13, "vgg19": 16}
 

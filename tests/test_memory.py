@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from vggviz import memory
-from vggviz.errors import UsageError
+from vggviz.core import memory
+from vggviz.core.errors import UsageError
 
 
 def test_estimate_grows_with_what_is_held() -> None:
@@ -35,7 +35,7 @@ def test_maps_dominate_at_large_sizes() -> None:
     # the held maps alone: every conv map of VGG16 at 1024 px, float32
     maps = 4 * sum(
         c * (1024 >> block) ** 2
-        for block, widths in enumerate(memory.catalog.blocks("vgg16"))
+        for block, widths in enumerate(memory.vocabulary.blocks("vgg16"))
         for c in widths
     )
     assert maps < small < 2 * maps
@@ -137,7 +137,7 @@ def test_available_is_the_smaller(monkeypatch) -> None:
 
 
 def test_memory_module_needs_no_torch() -> None:
-    code = "import sys, vggviz.memory, vggviz.options; print('torch' in sys.modules)"
+    code = "import sys, vggviz.core.memory, vggviz.core.values; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

@@ -7,12 +7,12 @@ import pytest
 import torch
 import torchvision
 
-from vggviz import models
-from vggviz.errors import DeviceError, UsageError, WeightsError
-from vggviz.models import imagenet_cache_path, load_model
+from vggviz.core.errors import DeviceError, UsageError, WeightsError
+from vggviz.model import loading
+from vggviz.model.loading import imagenet_cache_path, load_model
 
 
-def _assert_same_features(loaded: models.LoadedModel, reference: torch.nn.Module) -> None:
+def _assert_same_features(loaded: loading.LoadedModel, reference: torch.nn.Module) -> None:
     mine = {k: v for k, v in loaded.model.state_dict().items() if k.startswith("features.")}
     theirs = {k: v for k, v in reference.state_dict().items() if k.startswith("features.")}
     assert mine.keys() == theirs.keys()
@@ -166,9 +166,9 @@ def test_weights_import_checks_the_hash(tmp_path, monkeypatch) -> None:
     copied = tmp_path / "copied.pth"
     copied.write_bytes(b"not the real checkpoint")
     with pytest.raises(WeightsError, match="copied.pth: sha256 [0-9a-f]{8}... matches none"):
-        models.import_weights(copied)
-    monkeypatch.setattr(models, "_sha256", lambda _path: "6c64b313" + "0" * 56)
-    arch, path = models.import_weights(copied)
+        loading.import_weights(copied)
+    monkeypatch.setattr(loading, "_sha256", lambda _path: "6c64b313" + "0" * 56)
+    arch, path = loading.import_weights(copied)
     assert arch == "vgg16_bn" and path == imagenet_cache_path("vgg16_bn")
     assert path.read_bytes() == b"not the real checkpoint"
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary left
@@ -177,13 +177,13 @@ def test_weights_import_checks_the_hash(tmp_path, monkeypatch) -> None:
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 def test_cuda_asked_for_but_absent() -> None:
     with pytest.raises(DeviceError, match="^cuda: CUDA is not available here; use cpu$") as err:
-        models.resolve_device("cuda")
+        loading.resolve_device("cuda")
     assert err.value.param == "device"  # the command line names its own flag
     with pytest.raises(DeviceError, match="^cuda:1: CUDA is not available"):
-        models.resolve_device(" CUDA:01")  # one parser for the syntax: options.parse_device
+        loading.resolve_device(" CUDA:01")  # one parser for the syntax: options.parse_device
     with pytest.raises(UsageError, match="^'tpu': expected auto, cpu, cuda or cuda:N$"):
-        models.resolve_device("tpu")
-    assert models.resolve_device("auto") == torch.device("cpu")
+        loading.resolve_device("tpu")
+    assert loading.resolve_device("auto") == torch.device("cpu")
 
 
 def test_bf16_precision_converts_the_conv_modules(vgg11_file) -> None:
@@ -192,7 +192,7 @@ def test_bf16_precision_converts_the_conv_modules(vgg11_file) -> None:
 
 
 def test_bf16_support_is_reported_per_device(monkeypatch) -> None:
-    from vggviz.models import bf16_is_native
+    from vggviz.model.loading import bf16_is_native
 
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)

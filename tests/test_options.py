@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vggviz import catalog, options
-from vggviz.errors import UsageError
-from vggviz.inputs import parse_shard
+from vggviz.core import values, vocabulary
+from vggviz.core.errors import UsageError
+from vggviz.core.inputs import parse_shard
 
 
 @pytest.mark.parametrize(
@@ -22,7 +22,7 @@ from vggviz.inputs import parse_shard
     ],
 )
 def test_parse_grid(spec, expected) -> None:
-    assert options.parse_grid(spec) == expected
+    assert values.parse_grid(spec) == expected
 
 
 @pytest.mark.parametrize(
@@ -41,7 +41,7 @@ def test_parse_grid(spec, expected) -> None:
 )
 def test_parse_grid_refuses(spec, message) -> None:
     with pytest.raises(UsageError) as err:
-        options.parse_grid(spec)
+        values.parse_grid(spec)
     assert message in str(err.value)
     assert err.value.param == "grid"
     assert "--" not in str(err.value)  # the command line adds its own flag name
@@ -50,14 +50,14 @@ def test_parse_grid_refuses(spec, message) -> None:
 
 def test_seed_range_is_torchs() -> None:
     state = torch.random.get_rng_state()
-    for seed in (0, 1, options.SEED_MAX, options.SEED_MIN, -1):
-        assert options.check_seed(seed) == seed
+    for seed in (0, 1, values.SEED_MAX, values.SEED_MIN, -1):
+        assert values.check_seed(seed) == seed
         torch.manual_seed(seed)  # the same values torch accepts
-    for seed in (options.SEED_MAX + 1, options.SEED_MIN - 1, 99999999999999999999999):
+    for seed in (values.SEED_MAX + 1, values.SEED_MIN - 1, 99999999999999999999999):
         with pytest.raises((RuntimeError, ValueError)):  # RuntimeError in older torch
             torch.manual_seed(seed)  # ... and the same it refuses
         with pytest.raises(UsageError, match=f"^{str(seed)[:20]}.*: a seed must be between") as err:
-            options.check_seed(seed)
+            values.check_seed(seed)
         assert err.value.param == "seed"
     torch.random.set_rng_state(state)
 
@@ -73,13 +73,13 @@ def test_seed_range_is_torchs() -> None:
     ],
 )
 def test_parse_device(spec, expected) -> None:
-    assert options.parse_device(spec) == expected
+    assert values.parse_device(spec) == expected
 
 
 @pytest.mark.parametrize("spec", ["tpu", "cuda:", "cuda:-1", "cuda:x", "cpu:0", "", "cuda:1234567"])
 def test_parse_device_refuses(spec) -> None:
     with pytest.raises(UsageError, match="expected auto, cpu, cuda or cuda:N$") as err:
-        options.parse_device(spec)
+        values.parse_device(spec)
     assert err.value.param == "device"
 
 
@@ -106,14 +106,15 @@ def test_largest_shard_count_is_accepted() -> None:
 
 def test_one_vocabulary() -> None:
     """The library's names all come from the catalog, so the command line's choices can."""
-    from vggviz import capture, layers, models, render
+    from vggviz.core import drawing
+    from vggviz.model import hooks, layers, loading
 
-    assert capture.MODES is catalog.MODES
-    assert layers.STAGES is catalog.STAGES
-    assert render.SCALES is catalog.SCALES and render.SELECTS is catalog.SELECTS
-    assert tuple(models.PRECISIONS) == catalog.PRECISIONS
-    assert models.PRECISIONS["bf16"] is torch.bfloat16
-    assert set(catalog.STYLE_DEFAULTS) == set(catalog.MODES)
-    for style in catalog.STYLE_DEFAULTS.values():
-        assert style["select"] in catalog.SELECTS and style["scale"] in catalog.SCALES
-    assert catalog.STYLE_DEFAULTS["chain"] == {"select": "first", "cmap": "gray", "scale": "map"}
+    assert hooks.MODES is vocabulary.MODES
+    assert layers.STAGES is vocabulary.STAGES
+    assert drawing.SCALES is vocabulary.SCALES and drawing.SELECTS is vocabulary.SELECTS
+    assert tuple(loading.PRECISIONS) == vocabulary.PRECISIONS
+    assert loading.PRECISIONS["bf16"] is torch.bfloat16
+    assert set(vocabulary.STYLE_DEFAULTS) == set(vocabulary.MODES)
+    for style in vocabulary.STYLE_DEFAULTS.values():
+        assert style["select"] in vocabulary.SELECTS and style["scale"] in vocabulary.SCALES
+    assert vocabulary.STYLE_DEFAULTS["chain"] == {"select": "first", "cmap": "gray", "scale": "map"}

@@ -13,10 +13,11 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image, ImageDraw
 
-from vggviz import pictures, render
 from vggviz.cli import cli
+from vggviz.core import drawing
+from vggviz.features import pictures
 
-PAD = render.PAD
+PAD = drawing.PAD
 
 
 def _exact_gray(maps: np.ndarray) -> np.ndarray:
@@ -67,7 +68,7 @@ def test_map_tiles_are_within_one_level_of_the_colour_map(cmap: str) -> None:
     )
     assert image.mode == "P" and channels == list(range(12))
     px = np.asarray(image.convert("RGB"))
-    lut = render.colormap(cmap)
+    lut = drawing.colormap(cmap)
     worst_rgb, worst_level = _tile_errors(px, _exact_gray(fmap), lut, 4, 224 // 14)
     assert worst_level <= 1
     steps = int(np.abs(np.diff(lut.astype(int), axis=0)).max())
@@ -88,14 +89,14 @@ def test_a_few_layers_of_a_real_run_keep_their_colours(tmp_path: Path, vgg11_bn_
     record = json.loads((out / "photo_png" / "record.json").read_text())
     with np.load(out / "photo_png" / "maps.npz") as raw:
         maps = {name: raw[name] for name in raw.files}
-    lut = render.colormap("inferno")
+    lut = drawing.colormap("inferno")
     for layer in record["layers"]:
         with Image.open(layer["picture"]) as im:
             assert im.mode == "P"
             px = np.asarray(im.convert("RGB"))
         fmap = maps[layer["name"]]
         gray = _exact_gray(fmap[layer["channels"]])
-        zoom = int(render.tile_factor(*fmap.shape[1:], 4))
+        zoom = int(drawing.tile_factor(*fmap.shape[1:], 4))
         worst_rgb, worst_level = _tile_errors(px, gray, lut, 4, zoom)
         assert worst_level <= 1 and worst_rgb <= 5, layer["name"]
     with Image.open(out / "photo_png" / "overview.png") as im:
@@ -104,22 +105,27 @@ def test_a_few_layers_of_a_real_run_keep_their_colours(tmp_path: Path, vgg11_bn_
 
 def _pillow_text(size: tuple[int, int], xy, text: str, font_size: int, fill, background):
     ref = Image.new("RGB", size, background)
-    ImageDraw.Draw(ref).text(xy, text, font=render.font(font_size), fill=fill)
+    ImageDraw.Draw(ref).text(xy, text, font=drawing.font(font_size), fill=fill)
     return np.asarray(ref).astype(int)
 
 
 def test_palette_text_differs_only_in_anti_aliasing_shades() -> None:
     """Title and label text against Pillow's own ImageDraw.text on the same background."""
-    pal = render.palette("inferno")
+    pal = drawing.palette("inferno")
     cases = [
-        ("cat.jpg  ·  conv5 (features.10)  ·  256x56x84", 22, render.FOREGROUND, render.BACKGROUND),
-        ("layer scale (0.5-99.9th pct)  ·  cmap inferno", 15, render.MUTED, render.BACKGROUND),
-        ("RANDOM WEIGHTS, random (seed 0)", 15, render.WARNING, render.BACKGROUND),
-        ("#137", 13, render.FOREGROUND, render.LABEL_BOX),
+        (
+            "cat.jpg  ·  conv5 (features.10)  ·  256x56x84",
+            22,
+            drawing.FOREGROUND,
+            drawing.BACKGROUND,
+        ),
+        ("layer scale (0.5-99.9th pct)  ·  cmap inferno", 15, drawing.MUTED, drawing.BACKGROUND),
+        ("RANDOM WEIGHTS, random (seed 0)", 15, drawing.WARNING, drawing.BACKGROUND),
+        ("#137", 13, drawing.FOREGROUND, drawing.LABEL_BOX),
     ]
     for text, size, fg, bg in cases:
         canvas = np.full((40, 520), pal.solid[bg], dtype=np.uint8)
-        render.paste_text(canvas, (10, 6), text, size, pal.ramps[(fg, bg)])
+        drawing.paste_text(canvas, (10, 6), text, size, pal.ramps[(fg, bg)])
         mine = pal.colours[canvas].astype(int)
         ref = _pillow_text((520, 40), (10, 6), text, size, fg, bg)
         diff = np.abs(mine - ref).max(-1)
@@ -137,11 +143,11 @@ def test_rgb_text_from_the_cache_is_pillows() -> None:
         ("features.40", 13, (3, 30)),
         ("#7", 13, (0, 0)),
     ):
-        image = Image.new("RGB", (200, 60), render.BACKGROUND)
-        render.draw_text(image, xy, text, size, render.MUTED)
-        ref = _pillow_text((200, 60), xy, text, size, render.MUTED, render.BACKGROUND)
+        image = Image.new("RGB", (200, 60), drawing.BACKGROUND)
+        drawing.draw_text(image, xy, text, size, drawing.MUTED)
+        ref = _pillow_text((200, 60), xy, text, size, drawing.MUTED, drawing.BACKGROUND)
         assert np.abs(np.asarray(image).astype(int) - ref).max() <= 1, text
-        assert (np.asarray(image) != render.BACKGROUND).any()
+        assert (np.asarray(image) != drawing.BACKGROUND).any()
 
 
 def test_the_overview_keeps_exact_colour_map_tiles() -> None:
@@ -158,7 +164,7 @@ def test_the_overview_keeps_exact_colour_map_tiles() -> None:
         assert channels == list(np.argsort(-means, kind="stable")[:8])
         exact = _exact_gray(fmap[channels])
         zoom = pictures.OVERVIEW_TILE // fmap.shape[1]
-        want = render.colormap("inferno")[exact.repeat(zoom, 1).repeat(zoom, 2)]
+        want = drawing.colormap("inferno")[exact.repeat(zoom, 1).repeat(zoom, 2)]
         assert np.array_equal(tiles, want)  # RGB: no quantisation at all
     caption = pictures.Caption("x.jpg", "w", False, "network", "relu")
     photo = rng.integers(0, 255, (64, 96, 3), dtype=np.uint8)

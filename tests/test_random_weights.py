@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torchvision
 
-from vggviz import models
+from vggviz.model import loading
 
 
 def _features(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -13,7 +13,7 @@ def _features(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _assert_torchvisions_numbers(arch: str, seed: int, reference: torch.nn.Module) -> None:
-    mine = _features(models.build_random(arch, seed))
+    mine = _features(loading.build_random(arch, seed))
     theirs = _features(reference)
     assert mine.keys() == theirs.keys()
     for key, value in theirs.items():
@@ -21,15 +21,15 @@ def _assert_torchvisions_numbers(arch: str, seed: int, reference: torch.nn.Modul
 
 
 def test_chunked_draws_consume_the_generator_like_one_tensor() -> None:
-    count = 3 * models.RNG_CHUNK + 12345
+    count = 3 * loading.RNG_CHUNK + 12345
     torch.manual_seed(7)
     torch.empty(count).uniform_(-0.3, 0.3)
     expected = torch.rand(5)
     torch.manual_seed(7)
-    models._skip_uniform(count)
+    loading._skip_uniform(count)
     assert torch.equal(torch.rand(5), expected)
     torch.manual_seed(7)
-    models._skip_uniform(count - 1)  # one draw short is seen: the check can fail
+    loading._skip_uniform(count - 1)  # one draw short is seen: the check can fail
     assert not torch.equal(torch.rand(5), expected)
 
 
@@ -39,7 +39,7 @@ def test_vgg11_random_is_torchvisions(vgg11_random) -> None:
 
 def test_vgg11_bn_random_is_torchvisions(vgg11_bn_random) -> None:
     _assert_torchvisions_numbers("vgg11_bn", 0, vgg11_bn_random)
-    model = models.build_random("vgg11_bn", 0)
+    model = loading.build_random("vgg11_bn", 0)
     assert all(p.is_meta for p in model.classifier.parameters())  # never materialised
 
 

@@ -6,11 +6,11 @@ import pytest
 import torch
 from torch import nn
 
-from vggviz.catalog import ARCHS
-from vggviz.errors import UsageError
-from vggviz.layers import find_conv_layers
-from vggviz.models import build
-from vggviz.receptive import ReceptiveField, field_of, layer_field
+from vggviz.core.errors import UsageError
+from vggviz.core.vocabulary import ARCHS
+from vggviz.model.layers import find_conv_layers
+from vggviz.model.loading import build
+from vggviz.model.receptive import ReceptiveField, field_of, layer_field
 
 
 def _twin(model: nn.Module, upto: str) -> nn.Sequential:

@@ -12,9 +12,9 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-from vggviz import records
-from vggviz.inputs import InputItem, discover
-from vggviz.records import Held, claim, dumps, folder_name, output_dirs
+from vggviz.core import folders
+from vggviz.core.folders import Held, claim, dumps, folder_name, output_dirs
+from vggviz.core.inputs import InputItem, discover
 
 
 def item(path: str, rel: str | None = None) -> InputItem:
@@ -164,24 +164,24 @@ def test_a_record_matches_only_the_same_input_and_options(tmp_path: Path) -> Non
     folder = tmp_path / "out" / "p_png"
     folder.mkdir(parents=True)
     (folder / "01-conv1.png").write_bytes(b"x")
-    ident = records.identity(photo)
-    print_ = records.fingerprint({"cmap": "inferno"})
+    ident = folders.identity(photo)
+    print_ = folders.fingerprint({"cmap": "inferno"})
     record = {
         "status": "ok",
         "outputs": [str(folder / "01-conv1.png")],
         "identity": ident,
         "fingerprint": print_,
     }
-    (folder / records.RECORD).write_text(json.dumps(record))
-    assert records.finished(folder, print_, ident) == record
-    assert records.finished(folder, records.fingerprint({"cmap": "gray"}), ident) is None
+    (folder / folders.RECORD).write_text(json.dumps(record))
+    assert folders.finished(folder, print_, ident) == record
+    assert folders.finished(folder, folders.fingerprint({"cmap": "gray"}), ident) is None
     time.sleep(0.01)
     photo.write_bytes(b"two!")  # the file changed
-    assert records.finished(folder, print_, records.identity(photo)) is None
+    assert folders.finished(folder, print_, folders.identity(photo)) is None
     (folder / "01-conv1.png").unlink()  # an output went missing
-    assert records.finished(folder, print_, ident) is None
-    (folder / records.RECORD).write_text("{not json")
-    assert records.finished(folder, print_, ident) is None
+    assert folders.finished(folder, print_, ident) is None
+    (folder / folders.RECORD).write_text("{not json")
+    assert folders.finished(folder, print_, ident) is None
 
 
 def test_json_is_valid_utf8_for_any_name_and_refuses_nan() -> None:
@@ -203,7 +203,7 @@ def test_a_claim_excludes_other_processes_until_released(tmp_path: Path) -> None
     probe = [
         sys.executable,
         "-c",
-        "import sys; from pathlib import Path; from vggviz.records import claim, Held\n"
+        "import sys; from pathlib import Path; from vggviz.core.folders import claim, Held\n"
         "try:\n    claim(Path(sys.argv[1]))\nexcept Held as e:\n    print('held', e)\n"
         "else:\n    print('free')",
         str(folder),
@@ -211,16 +211,16 @@ def test_a_claim_excludes_other_processes_until_released(tmp_path: Path) -> None
     out = subprocess.run(probe, capture_output=True, text=True, check=True).stdout
     assert out.startswith("held") and f"pid {os.getpid()}" in out
     held.release()
-    assert not (folder / records.LOCK).exists()
+    assert not (folder / folders.LOCK).exists()
     assert subprocess.run(probe, capture_output=True, text=True, check=True).stdout == "free\n"
 
 
 def test_a_dead_holder_leaves_no_claim(tmp_path: Path) -> None:
     folder = tmp_path / "img"
-    code = "import os, sys; from pathlib import Path; from vggviz.records import claim\n"
+    code = "import os, sys; from pathlib import Path; from vggviz.core.folders import claim\n"
     code += "claim(Path(sys.argv[1])); os._exit(9)"  # killed, as it were, holding the folder
     subprocess.run([sys.executable, "-c", code, str(folder)], check=False)
-    assert (folder / records.LOCK).exists()  # left behind, but nobody holds it
+    assert (folder / folders.LOCK).exists()  # left behind, but nobody holds it
     claim(folder).release(remove_folder=True)
     assert not folder.exists()
 
@@ -233,10 +233,10 @@ def test_two_claims_in_one_process_exclude_each_other(tmp_path: Path) -> None:
 
 
 def test_runs_sharing_a_folder_get_their_own_manifest_names(tmp_path: Path) -> None:
-    a = records.claim_run(tmp_path, None)
-    b = records.claim_run(tmp_path, None)
-    c = records.claim_run(tmp_path, (1, 3))
+    a = folders.claim_run(tmp_path, None)
+    b = folders.claim_run(tmp_path, None)
+    c = folders.claim_run(tmp_path, (1, 3))
     assert (a.suffix, b.suffix, c.suffix) == ("", "-2", "-shard-1-of-3")
     b.release()
-    assert records.claim_run(tmp_path, None).suffix == "-2"
+    assert folders.claim_run(tmp_path, None).suffix == "-2"
     a.release()

@@ -3,13 +3,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vggviz import pictures, render
-from vggviz.errors import UsageError
+from vggviz.core import drawing
+from vggviz.core.errors import UsageError
+from vggviz.features import pictures
 
 
 def test_to_uint8_map_scale_stretches_each_map_and_blackens_constant_ones() -> None:
     maps = np.array([[[0.0, 1.0], [2.0, 4.0]], [[5.0, 5.0], [5.0, 5.0]]], dtype=np.float32)
-    out = render.to_uint8(maps, "map")
+    out = drawing.to_uint8(maps, "map")
     assert out.dtype == np.uint8
     assert out[0].tolist() == [[0, 64], [128, 255]]
     assert out[1].tolist() == [[0, 0], [0, 0]]
@@ -18,7 +19,7 @@ def test_to_uint8_map_scale_stretches_each_map_and_blackens_constant_ones() -> N
 
 def test_to_uint8_layer_scale_is_shared_and_clipped() -> None:
     maps = np.array([[[0.0, 1.0]], [[2.0, 9.0]]], dtype=np.float32)
-    out = render.to_uint8(maps, "layer", (0.0, 2.0))
+    out = drawing.to_uint8(maps, "layer", (0.0, 2.0))
     assert out.tolist() == [[[0, 128]], [[255, 255]]]
 
 
@@ -26,31 +27,31 @@ def test_layer_range_ignores_a_single_hot_pixel() -> None:
     maps = np.zeros((4, 50, 50), dtype=np.float32)
     maps[:, :, :25] = 1.0
     maps[0, 0, 0] = 1000.0
-    lo, hi = render.layer_range(maps)
+    lo, hi = drawing.layer_range(maps)
     assert (lo, hi) == (0.0, 1.0)
 
 
 def test_select_channels_first_and_top() -> None:
     maps = np.stack([np.full((2, 2), v, dtype=np.float32) for v in (3, 9, 1, 9, 5)])
-    assert render.select_channels(maps, 3, "first") == [0, 1, 2]
-    assert render.select_channels(maps, 3, "top") == [1, 3, 4]  # ties keep channel order
-    assert render.select_channels(maps, 99, "top") == [1, 3, 4, 0, 2]
+    assert drawing.select_channels(maps, 3, "first") == [0, 1, 2]
+    assert drawing.select_channels(maps, 3, "top") == [1, 3, 4]  # ties keep channel order
+    assert drawing.select_channels(maps, 99, "top") == [1, 3, 4, 0, 2]
 
 
 def test_grid_layout_and_shape_parsing() -> None:
     tiles = np.stack([np.full((2, 3, 3), i * 40, dtype=np.uint8) for i in range(5)])
-    out = render.grid(tiles, 2, 3, pad=1)
+    out = drawing.grid(tiles, 2, 3, pad=1)
     assert out.shape == (2 * 3 + 1, 3 * 4 + 1, 3)
     assert out[1, 1].tolist() == [0, 0, 0] and out[1, 5].tolist() == [40, 40, 40]
     assert out[4, 5].tolist() == [160, 160, 160]  # fifth tile: row 2, column 2
-    assert out[4, 9].tolist() == list(render.BACKGROUND)  # sixth cell stays empty
-    assert render.grid_shape("4x4", 64) == (4, 4)
-    assert render.grid_shape("2X8", 64) == (2, 8)
-    assert render.grid_shape("all", 64) == (8, 8)
-    assert render.grid_shape("all", 10) == (3, 4)
+    assert out[4, 9].tolist() == list(drawing.BACKGROUND)  # sixth cell stays empty
+    assert drawing.grid_shape("4x4", 64) == (4, 4)
+    assert drawing.grid_shape("2X8", 64) == (2, 8)
+    assert drawing.grid_shape("all", 64) == (8, 8)
+    assert drawing.grid_shape("all", 10) == (3, 4)
     for bad in ("0x4", "4", "axb", "4x", "1x4097"):
         with pytest.raises(UsageError, match="expected RxC"):
-            render.grid_shape(bad, 64)
+            drawing.grid_shape(bad, 64)
 
 
 @pytest.mark.parametrize(
@@ -67,7 +68,7 @@ def test_grid_layout_and_shape_parsing() -> None:
     ],
 )
 def test_grid_shape_never_exceeds_the_channels(spec, available, expected) -> None:
-    rows, cols = render.grid_shape(spec, available)
+    rows, cols = drawing.grid_shape(spec, available)
     assert (rows, cols) == expected
     assert (rows - 1) * cols < available  # no empty row
     assert cols <= available
@@ -77,19 +78,19 @@ def test_a_wide_grid_draws_only_the_channels_there_are() -> None:
     """``--grid 1x200000`` used to allocate 11.5 GB of empty cells for 64 tiles; now it is
     a usage error, and the widest grid allowed is clamped to the channels."""
     with pytest.raises(UsageError, match="at most 4096 rows and 4096 columns"):
-        render.grid_shape("1x200000", 64)
-    rows, cols = render.grid_shape("1x4096", 64)
+        drawing.grid_shape("1x200000", 64)
+    rows, cols = drawing.grid_shape("1x4096", 64)
     tiles = np.zeros((64, 8, 8, 3), dtype=np.uint8)
-    out = render.grid(tiles, rows, cols, pad=1)
+    out = drawing.grid(tiles, rows, cols, pad=1)
     assert out.shape == (1 * 9 + 1, 64 * 9 + 1, 3)
 
 
 def test_colormaps() -> None:
-    assert render.colormap("gray")[200].tolist() == [200, 200, 200]
-    viridis = render.colormap("viridis")
+    assert drawing.colormap("gray")[200].tolist() == [200, 200, 200]
+    viridis = drawing.colormap("viridis")
     assert viridis.shape == (256, 3) and viridis[0].tolist() == [68, 1, 84]
     with pytest.raises(ValueError, match="unknown colour map 'nope'"):
-        render.check_colormap("nope")
+        drawing.check_colormap("nope")
 
 
 def _layer_picture(fmap: np.ndarray, style: pictures.Style, random: bool = False):
@@ -104,7 +105,7 @@ def test_layer_picture_grid_tiles_and_channels() -> None:
     fmap = np.stack([np.full((14, 14), float(i), dtype=np.float32) for i in range(16)])
     image, channels = _layer_picture(fmap, pictures.Style(cmap="gray", scale="layer"))
     assert channels == list(range(15, -1, -1))
-    tile, pad = 14 * 16, render.PAD  # 14 px maps are enlarged 16x to 224
+    tile, pad = 14 * 16, drawing.PAD  # 14 px maps are enlarged 16x to 224
     body = 4 * (tile + pad) + pad
     assert image.width == body
     top = image.height - body
@@ -125,7 +126,7 @@ def test_layer_picture_map_scale_and_first_selection() -> None:
     )
     assert channels == [0, 1, 2, 3, 4, 5]
     px = np.asarray(image.convert("RGB"))
-    tile, pad = 224, render.PAD
+    tile, pad = 224, drawing.PAD
     top = image.height - (2 * (tile + pad) + pad)
     x = pad + 2 * (tile + pad) + tile // 2
     assert px[top + pad + 40, x].tolist() == [0, 0, 0]
@@ -137,18 +138,18 @@ def test_grid_all_keeps_the_picture_a_sensible_size() -> None:
     image, channels = _layer_picture(fmap, pictures.Style(grid="all"))
     assert len(channels) == 512
     tile = 14 * 11  # 23 columns: tiles shrink from 224 to 3600 // 23 = 156 -> 14 x 11
-    assert image.width == 23 * (tile + render.PAD) + render.PAD
-    assert render.tile_factor(14, 14, 4) == 16.0  # a 4x4 grid keeps 224-pixel tiles
+    assert image.width == 23 * (tile + drawing.PAD) + drawing.PAD
+    assert drawing.tile_factor(14, 14, 4) == 16.0  # a 4x4 grid keeps 224-pixel tiles
 
 
 def test_titles_are_never_cut_off() -> None:
     fmap = np.random.default_rng(0).random((4, 14, 14), dtype=np.float32)
     image, _ = _layer_picture(fmap, pictures.Style(grid="1x2", overlay=True), random=True)
     px = np.asarray(image.convert("RGB")).astype(int)
-    title_rows = px[: image.height - (224 + 2 * render.PAD)]
-    text = np.abs(title_rows - np.array(render.BACKGROUND)).sum(axis=-1) > 60
+    title_rows = px[: image.height - (224 + 2 * drawing.PAD)]
+    text = np.abs(title_rows - np.array(drawing.BACKGROUND)).sum(axis=-1) > 60
     columns = np.nonzero(text.any(axis=0))[0]
-    assert columns.max() < image.width - render.PAD  # the last text column has a margin after it
+    assert columns.max() < image.width - drawing.PAD  # the last text column has a margin after it
 
 
 def test_random_weights_are_announced_in_the_title() -> None:

@@ -1,4 +1,5 @@
-"""Tests for vggviz.report: the HTML itself, the atomic write, and the page as Chromium draws it."""
+"""Tests for vggviz.features.index_page: the HTML itself, the atomic write, and the page as
+Chromium draws it."""
 
 from __future__ import annotations
 
@@ -15,8 +16,8 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from vggviz import report
-from vggviz.report import write_index
+from vggviz.features import index_page
+from vggviz.features.index_page import write_index
 
 TIMES = "\N{MULTIPLICATION SIGN}"
 RUN_INFO = {"arch": "vgg16", "mode": "maps", "done": "1", "failed": "0", "skipped": "0"}
@@ -314,7 +315,7 @@ def test_mode_follows_umask(tmp_path: Path) -> None:
 
 
 def _fail_on_second_section(monkeypatch) -> None:
-    real = report._image_section
+    real = index_page._image_section
     calls = []
 
     def flaky(*args: Any, **kwargs: Any) -> str:
@@ -323,7 +324,7 @@ def _fail_on_second_section(monkeypatch) -> None:
             raise RuntimeError("boom")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(report, "_image_section", flaky)
+    monkeypatch.setattr(index_page, "_image_section", flaky)
 
 
 def test_failure_midway_leaves_nothing(tmp_path: Path, monkeypatch) -> None:
@@ -346,8 +347,11 @@ def test_failure_midway_keeps_old_index(tmp_path: Path, monkeypatch) -> None:
 
 
 def test_imports_neither_torch_nor_click() -> None:
-    code = "import sys, vggviz.report; print(sorted({'torch', 'click'} & set(sys.modules)))"
-    src = str(Path(report.__file__).parents[1])
+    code = (
+        "import sys, vggviz.features.index_page; "
+        "print(sorted({'torch', 'click'} & set(sys.modules)))"
+    )
+    src = str(Path(index_page.__file__).parents[2])
     env = {**os.environ, "PYTHONPATH": src}
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True

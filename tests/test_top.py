@@ -19,11 +19,11 @@ from conftest import write_photo
 from PIL import Image
 
 from vggviz.cli import cli
-from vggviz.models import build
-from vggviz.receptive import ReceptiveField
-from vggviz.top import REDUCES
-from vggviz.topcrops import cut, heat, pad_colour
-from vggviz.topk import NO_INPUT, TopK, channel_stats
+from vggviz.model.loading import build
+from vggviz.model.receptive import ReceptiveField
+from vggviz.top.crops import cut, heat, pad_colour
+from vggviz.top.job import REDUCES
+from vggviz.top.ranking import NO_INPUT, TopK, channel_stats
 
 # --- the pieces ----------------------------------------------------------------------------
 
@@ -296,7 +296,7 @@ def test_nothing_readable_is_an_error(tmp_path, vgg11_file) -> None:
 
 _SLOW_VGGVIZ = """
 import sys, time
-import vggviz.images as images
+import vggviz.core.images as images
 load = images.load_rgb
 def slow(path):
     time.sleep(0.4)

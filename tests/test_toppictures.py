@@ -1,4 +1,4 @@
-"""Tests for vggviz.toppictures: the layer pages and channel strips of ``vggviz top``.
+"""Tests for vggviz.top.pictures: the layer pages and channel strips of ``vggviz top``.
 
 Crops are solid, distinct colours, so where each one landed on a page (and how large) can be
 read back exactly from the pixels.
@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vggviz import render, toppictures
-from vggviz.toppictures import ChannelRow, Crop, channel_strip, layer_pages
+from vggviz.core import drawing
+from vggviz.top import pictures
+from vggviz.top.pictures import ChannelRow, Crop, channel_strip, layer_pages
 
 ORANGE = (255, 170, 60)  # warnings and "never active"
 
@@ -69,7 +70,7 @@ def test_page_has_one_row_per_channel_with_k_crops_best_first() -> None:
     row_tops = [boxes[c, 0][2] for c in channels]
     assert row_tops == sorted(row_tops) and len(set(row_tops)) == len(channels)
     # the channel column is left of every crop
-    assert min(box[1] for box in boxes.values()) >= toppictures.LABEL_W
+    assert min(box[1] for box in boxes.values()) >= pictures.LABEL_W
 
 
 def test_small_crops_are_enlarged_with_nearest_neighbour() -> None:
@@ -77,7 +78,7 @@ def test_small_crops_are_enlarged_with_nearest_neighbour() -> None:
     pixels = np.array([[_colour(i, j) for j in range(3)] for i in range(3)], np.uint8)
     row = ChannelRow(0, [Crop(pixels, "a.jpg", 1.0)])
     (page,) = layer_pages("conv1", "features.0", 3, [row], k=1, title="t")
-    side = toppictures.display_size(3)
+    side = pictures.display_size(3)
     assert side == 90 and side % 3 == 0
     block = side // 3
     for i in range(3):
@@ -87,7 +88,7 @@ def test_small_crops_are_enlarged_with_nearest_neighbour() -> None:
 
 
 def test_display_size_keeps_mid_crops_and_bounds_the_others() -> None:
-    assert [toppictures.display_size(s) for s in (3, 5, 10, 40, 76, 92, 196, 212, 404)] == [
+    assert [pictures.display_size(s) for s in (3, 5, 10, 40, 76, 92, 196, 212, 404)] == [
         90,
         90,
         90,
@@ -104,7 +105,7 @@ def test_large_crops_are_reduced_smoothly() -> None:
     size = 404  # VGG19's deepest receptive field at a large --size
     stripes = np.zeros((size, size, 3), np.uint8)
     stripes[:, ::2] = 255
-    picture = toppictures.crop_picture(Crop(stripes, "s.jpg", 1.0), 256)
+    picture = pictures.crop_picture(Crop(stripes, "s.jpg", 1.0), 256)
     assert picture.shape == (256, 256, 3)
     # area-weighted, not sampled: a 1-px stripe pattern becomes even grey, not black or white
     assert 100 < picture.mean() < 155 and picture.std() < 40
@@ -123,12 +124,12 @@ def test_layers_are_split_into_even_pages() -> None:
 def test_big_crops_get_fewer_rows_per_page() -> None:
     k, size = 3, 196
     pages = _pages(_rows(list(range(24)), k, size), k, size)
-    assert len(pages) == 3 and all(p.height < toppictures.PAGE_BODY + 300 for p in pages)
-    row = toppictures.CAPTION_H + 2 * render.PAD
-    assert toppictures.rows_per_page(90 + row) == 16  # conv1-conv8 of VGG16
-    assert toppictures.rows_per_page(152 + row) == 16  # conv9, 76 px enlarged twice
-    assert toppictures.rows_per_page(196 + row) == 8  # conv13
-    assert toppictures.rows_per_page(256 + row) == 8  # the largest crop drawn
+    assert len(pages) == 3 and all(p.height < pictures.PAGE_BODY + 300 for p in pages)
+    row = pictures.CAPTION_H + 2 * drawing.PAD
+    assert pictures.rows_per_page(90 + row) == 16  # conv1-conv8 of VGG16
+    assert pictures.rows_per_page(152 + row) == 16  # conv9, 76 px enlarged twice
+    assert pictures.rows_per_page(196 + row) == 8  # conv13
+    assert pictures.rows_per_page(256 + row) == 8  # the largest crop drawn
 
 
 def test_a_layer_drawn_in_groups_gives_the_same_pages() -> None:
@@ -148,7 +149,7 @@ def test_labels_name_the_image_and_value() -> None:
     def caption(name: str, value: float) -> np.ndarray:
         (page,) = _pages([ChannelRow(0, [Crop(_solid((90, 10, 200), size), name, value)])], k, size)
         _, left, _, right, bottom = _where(page, (90, 10, 200))
-        return np.asarray(page)[bottom : bottom + toppictures.CAPTION_H, left:right]
+        return np.asarray(page)[bottom : bottom + pictures.CAPTION_H, left:right]
 
     short = caption("a.jpg", 1.0)
     assert short.max() > 150, "no caption drawn under the crop"
@@ -158,10 +159,10 @@ def test_labels_name_the_image_and_value() -> None:
 
 def test_long_names_are_shortened_in_the_middle_to_fit() -> None:
     name = "a_very_long_photo_name_from_some_camera_0001.jpg"
-    short = toppictures._fit(name, 96, 12)
+    short = pictures._fit(name, 96, 12)
     assert short != name and "…" in short and short.endswith(".jpg") and short.startswith("a_")
-    assert render.font(12).getlength(short) <= 96
-    assert toppictures._fit("cat.jpg", 96, 12) == "cat.jpg"
+    assert drawing.font(12).getlength(short) <= 96
+    assert pictures._fit("cat.jpg", 96, 12) == "cat.jpg"
 
 
 def test_channels_no_image_activates_are_marked() -> None:
@@ -170,7 +171,7 @@ def test_channels_no_image_activates_are_marked() -> None:
     def label_column(value: float) -> np.ndarray:
         (page,) = _pages(_rows([7], k, size, value=value), k, size)
         _, left, top, _, _ = _where(page, _colour(7, 0))
-        return np.asarray(page)[top : top + size, left - toppictures.LABEL_W : left]
+        return np.asarray(page)[top : top + size, left - pictures.LABEL_W : left]
 
     def orange(a: np.ndarray) -> int:
         return int((np.abs(a.astype(int) - ORANGE).max(axis=2) < 30).sum())
@@ -184,7 +185,7 @@ def test_missing_crops_leave_dark_slots() -> None:
     k, size = 4, 100
     row = ChannelRow(1, [Crop(_solid((90, 10, 200), size), "only.jpg", 3.0)])
     (page,) = _pages([row], k, size)
-    assert _where(page, toppictures.EMPTY)[0] == 3 * size * size
+    assert _where(page, pictures.EMPTY)[0] == 3 * size * size
 
 
 def test_highlight_blends_the_heat_over_the_crop() -> None:
@@ -192,9 +193,9 @@ def test_highlight_blends_the_heat_over_the_crop() -> None:
     grey = _solid((128, 128, 128), size)
     heat = np.zeros((size, size), np.float32)
     heat[10:30, 10:30] = 1.0
-    plain = toppictures.crop_picture(Crop(grey, "g.jpg", 1.0), size)
+    plain = pictures.crop_picture(Crop(grey, "g.jpg", 1.0), size)
     assert np.array_equal(plain, grey)
-    lit = toppictures.crop_picture(Crop(grey, "g.jpg", 1.0, heat), size)
+    lit = pictures.crop_picture(Crop(grey, "g.jpg", 1.0, heat), size)
     hot, cold = lit[20, 20].astype(int), lit[0, 0].astype(int)
     assert cold[0] == cold[1] == cold[2], "where the channel is silent the photo stays grey"
     assert hot[0] - hot[2] > 30, "where it fires the colour map shows (inferno: warm)"
@@ -236,14 +237,14 @@ def test_channel_strip_slots_in_order() -> None:
     k, height = 5, 96
     row = _rows([4], 3, 3)[0]  # conv1-sized crops, 3 of 5
     strip = channel_strip(row, k=k, height=height)
-    assert strip.size == (k * height + (k - 1) * toppictures.STRIP_GAP, height)
+    assert strip.size == (k * height + (k - 1) * pictures.STRIP_GAP, height)
     lefts = []
     for r in range(3):
         count, left, top, right, bottom = _where(strip, _colour(4, r))
         assert (count, right - left, bottom - top) == (height * height, height, height)
         lefts.append(left)
-    assert lefts == [r * (height + toppictures.STRIP_GAP) for r in range(3)]
-    assert _where(strip, toppictures.EMPTY)[0] == 2 * height * height
+    assert lefts == [r * (height + pictures.STRIP_GAP) for r in range(3)]
+    assert _where(strip, pictures.EMPTY)[0] == 2 * height * height
 
 
 def test_channel_strip_shrinks_big_crops() -> None:

@@ -1,4 +1,4 @@
-"""Tests for vggviz.topreport: the index.html of a ``vggviz top`` run, and the page as
+"""Tests for vggviz.top.index_page: the index.html of a ``vggviz top`` run, and the page as
 Chromium draws it."""
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ import pytest
 from PIL import Image
 from test_report import _chromium, _Page, _screenshot
 
-from vggviz import topreport
-from vggviz.toppictures import ChannelRow, Crop, channel_strip
-from vggviz.topreport import write_top_index
-from vggviz.writing import save_png
+from vggviz.core.files import save_png
+from vggviz.top import index_page
+from vggviz.top.index_page import write_top_index
+from vggviz.top.pictures import ChannelRow, Crop, channel_strip
 
 K = 3
 
@@ -123,7 +123,7 @@ def test_histogram_bars_follow_the_counts(tmp_path: Path) -> None:
     _, text, _ = _write(tmp_path, _result(conv1=[_channel(0, peak=8.0)]))
     d = re.search(r'<svg class="hist"[^>]*><path d="([^"]*)"/></svg>', text).group(1)
     bars = re.findall(r"M(\d+) (\d+)v-([\d.]+)h\.9V\d+z", d)
-    h = topreport.HIST_H
+    h = index_page.HIST_H
     # counts 9, 4, 0, 1: square-root heights, the empty bin drawn not at all
     got = {int(x): float(height) for x, base, height in bars}
     assert got == {0: h, 1: round(h * math.sqrt(4 / 9), 1), 3: round(h * math.sqrt(1 / 9), 1)}
@@ -169,11 +169,11 @@ def test_never_active_channels_are_listed_per_layer(tmp_path: Path) -> None:
 
 
 def test_never_active_without_dead_fraction_falls_back_to_max() -> None:
-    assert topreport.never_active({"max": 0.0})
-    assert not topreport.never_active({"max": 0.5})
-    assert topreport.never_active({"dead_fraction": 1.0, "max": 3.0})
-    assert not topreport.never_active({"dead_fraction": 0.99, "max": 0.0})
-    assert not topreport.never_active({})
+    assert index_page.never_active({"max": 0.0})
+    assert not index_page.never_active({"max": 0.5})
+    assert index_page.never_active({"dead_fraction": 1.0, "max": 3.0})
+    assert not index_page.never_active({"dead_fraction": 0.99, "max": 0.0})
+    assert not index_page.never_active({})
 
 
 def test_strips_link_to_the_page_that_holds_their_channel(tmp_path: Path) -> None:
@@ -193,7 +193,7 @@ def test_strips_link_to_the_page_that_holds_their_channel(tmp_path: Path) -> Non
     [(512, 32, 16), (512, 64, 8), (64, 4, 16), (20, 2, 16), (9, 3, 4), (3, 1, 16), (40, 7, 0)],
 )
 def test_channels_per_page_follow_the_pictures(channels: int, pages: int, per: int) -> None:
-    assert topreport.per_page(channels, pages) == per
+    assert index_page.per_page(channels, pages) == per
 
 
 def test_strips_are_not_linked_when_pages_do_not_fit_the_layout(tmp_path: Path) -> None:
@@ -283,8 +283,8 @@ def test_all_channels_of_vgg16_stay_quick_and_small(tmp_path: Path) -> None:
 
 
 def test_imports_neither_torch_nor_click() -> None:
-    code = "import sys, vggviz.topreport; print(sorted({'torch', 'click'} & set(sys.modules)))"
-    src = str(Path(topreport.__file__).parents[1])
+    code = "import sys, vggviz.top.index_page; print(sorted({'torch', 'click'} & set(sys.modules)))"
+    src = str(Path(index_page.__file__).parents[2])
     env = {**os.environ, "PYTHONPATH": src}
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True

@@ -71,7 +71,7 @@ def test_help_and_usage_errors_never_import_torch(tmp_path, argv) -> None:
     assert not imported
 
 
-# Values that cannot work, found by vggviz.options / vggviz.memory before anything heavy.
+# Values that cannot work, found by vggviz.core.values / vggviz.core.memory before anything heavy.
 @pytest.mark.parametrize(
     "argv",
     [

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from vggviz.errors import UsageError
+from vggviz.core.errors import UsageError
 
 GRID_MAX = 4096
 """Most rows or columns of a picture grid (a layer has at most 512 channels anyway)."""

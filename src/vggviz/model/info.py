@@ -8,9 +8,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from vggviz.capture import network_maps
-from vggviz.layers import ConvLayer, find_conv_layers
-from vggviz.models import build
+from vggviz.model.hooks import network_maps
+from vggviz.model.layers import ConvLayer, find_conv_layers
+from vggviz.model.loading import build
 
 
 @dataclass(frozen=True)

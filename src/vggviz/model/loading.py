@@ -19,16 +19,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from vggviz import catalog
-from vggviz.architectures import ARCHS, IMAGENET_FILES, vgg
-from vggviz.catalog import ModelSpec
-from vggviz.errors import DeviceError, UsageError, WeightsError
-from vggviz.layers import ConvLayer, find_conv_layers
-from vggviz.options import parse_device
-from vggviz.writing import atomic_file
+from vggviz.core import vocabulary
+from vggviz.core.errors import DeviceError, UsageError, WeightsError
+from vggviz.core.files import atomic_file
+from vggviz.core.values import parse_device
+from vggviz.core.vocabulary import ModelSpec
+from vggviz.model.architectures import ARCHS, IMAGENET_FILES, vgg
+from vggviz.model.layers import ConvLayer, find_conv_layers
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-PRECISIONS = {name: _DTYPES[name] for name in catalog.PRECISIONS}  # torch dtype by name
+PRECISIONS = {name: _DTYPES[name] for name in vocabulary.PRECISIONS}  # torch dtype by name
 DOWNLOAD_TIMEOUT_S = 30  # an offline compute node should fail fast, not hang
 
 

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import IO, Any
 from urllib.parse import quote
 
-from vggviz.records import OVERVIEW, display, index_name
-from vggviz.writing import atomic_file
+from vggviz.core.files import atomic_file
+from vggviz.core.folders import OVERVIEW, display, index_name
 
 INDEX_NAME = index_name("")
 _CHANNELS_SHOWN = 8  # channel numbers printed in a layer row; the rest are counted
@@ -103,7 +103,7 @@ def write_index(
     """Write ``out_dir/<name>`` for ``records`` and return its path.
 
     The file is streamed to a temporary name in ``out_dir`` and moved into place
-    (:func:`vggviz.writing.atomic_file`), so a reader (or a crash) never sees half a page and
+    (:func:`vggviz.core.files.atomic_file`), so a reader (or a crash) never sees half a page and
     an older index survives a failed rewrite. Records may be incomplete: missing keys are
     left out. ``figures`` (caption, path) are run-wide pictures shown above the images,
     such as the model's conv1 filters.

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from vggviz.catalog import ARCHS, IMAGENET_FILES, blocks
+from vggviz.core.vocabulary import ARCHS, IMAGENET_FILES, blocks
 
 __all__ = ["ARCHS", "IMAGENET_FILES", "VGG", "vgg"]
 

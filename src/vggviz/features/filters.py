@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vggviz import pictures, records, writing
-from vggviz.errors import UsageError
-from vggviz.layers import ConvLayer
-from vggviz.models import LoadedModel
+from vggviz.core import files, folders
+from vggviz.core.errors import UsageError
+from vggviz.features import pictures
+from vggviz.model.layers import ConvLayer
+from vggviz.model.loading import LoadedModel
 
 
 def draw_filters(
@@ -43,5 +44,5 @@ def draw_filters(
         )
     except ValueError as err:
         raise UsageError(str(err)) from None
-    name = records.filters_name(layer.alias, view).removesuffix(".png") + f"{suffix}.png"
-    return writing.save_png(image, out_dir / name)
+    name = folders.filters_name(layer.alias, view).removesuffix(".png") + f"{suffix}.png"
+    return files.save_png(image, out_dir / name)

@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from vggviz import writing
-from vggviz.topk import TopK
+from vggviz.core import files
+from vggviz.top.ranking import TopK
 
 CHECKPOINT = "checkpoint.npz"
 SCAN_DIR = "top-scan"
@@ -107,7 +107,7 @@ class ScanState:
         arrays: dict[str, np.ndarray] = {"meta": np.array(json.dumps(meta))}
         for alias, top in self.tops.items():
             arrays.update(top.arrays(alias))
-        with writing.atomic_file(folder / CHECKPOINT) as f:
+        with files.atomic_file(folder / CHECKPOINT) as f:
             np.savez(f, **arrays)
 
     @classmethod
@@ -145,7 +145,7 @@ def chunk_path(folder: Path, number: int) -> Path:
 
 def write_chunk(folder: Path, number: int, rows: np.ndarray, values: dict[str, np.ndarray]):
     """Chunk ``number``: input numbers ``rows`` (n,) and each layer's (n, C) float16 values."""
-    with writing.atomic_file(chunk_path(folder, number)) as f:
+    with files.atomic_file(chunk_path(folder, number)) as f:
         layers = {alias: v.astype(np.float16) for alias, v in values.items()}
         np.savez(f, rows=rows.astype(np.int64), **layers)
 

@@ -22,7 +22,7 @@ from typing import IO, Any
 import numpy as np
 from PIL import Image
 
-from vggviz.records import dumps
+from vggviz.core.folders import dumps
 
 TMP_SUFFIX = ".vggviz-tmp"
 PNG_COMPRESS_LEVEL = 1  # 5x faster than Pillow's default, a few % larger
@@ -110,7 +110,7 @@ def save_jpeg(image: Image.Image, path: Path, quality: int = 90) -> Path:
 
 
 def save_json(obj: object, path: Path) -> Path:
-    """JSON that stays valid whatever the names in it (see :func:`vggviz.records.dumps`)."""
+    """JSON that stays valid whatever the names in it (see :func:`vggviz.core.folders.dumps`)."""
     with atomic_file(path, "w") as f:
         f.write(dumps(obj, indent=1) + "\n")
     return path

@@ -1,7 +1,7 @@
 """Pass 2 of ``vggviz top``: run each chosen input once more, check it still gives the value
 the scan recorded, and cut the receptive field of its winning unit out of the resized photo;
-then draw the layer pages and channel strips (:mod:`vggviz.toppictures`) and index.html
-(:mod:`vggviz.topreport`).
+then draw the layer pages and channel strips (:mod:`vggviz.top.pictures`) and index.html
+(:mod:`vggviz.top.index_page`).
 
 A layer's crops can be large (VGG16 conv13: 512 channels x 9 crops of 196 x 196 px, 530 MB),
 so they wait in scratch files beside the outputs, not in memory, and are read back a group
@@ -22,18 +22,18 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from vggviz import images, writing
-from vggviz.capture import network_maps
-from vggviz.errors import InputError
-from vggviz.inputs import InputItem
-from vggviz.layers import ConvLayer
-from vggviz.models import LoadedModel
-from vggviz.pictures import random_warning
-from vggviz.receptive import ReceptiveField, layer_field
-from vggviz.topk import NO_INPUT, TopK
+from vggviz.core import files, images
+from vggviz.core.errors import InputError
+from vggviz.core.inputs import InputItem
+from vggviz.features.pictures import random_warning
+from vggviz.model.hooks import network_maps
+from vggviz.model.layers import ConvLayer
+from vggviz.model.loading import LoadedModel
+from vggviz.model.receptive import ReceptiveField, layer_field
+from vggviz.top.ranking import NO_INPUT, TopK
 
 if TYPE_CHECKING:
-    from vggviz.top import TopEvents, TopOptions
+    from vggviz.top.job import TopEvents, TopOptions
 
 RELATIVE_TOLERANCE = 1e-3
 PAGES_DIR = "top-pages"
@@ -257,7 +257,7 @@ def draw_outputs(
     events: TopEvents,
 ) -> Path:
     """Pages per layer, one strip per channel, and index.html; returns the index's path."""
-    from vggviz import toppictures, topreport
+    from vggviz.top import index_page, pictures
 
     events.phase("pictures", sum(len(result["layers"][la.alias]["channels"]) for la in layers))
 
@@ -276,10 +276,10 @@ def draw_outputs(
                 stop = min(first + DRAW_GROUP, len(channels))
                 pixels, glow = target.store.get(first, stop)
                 rows = [
-                    toppictures.ChannelRow(
+                    pictures.ChannelRow(
                         channel=ch["channel"],
                         crops=[
-                            toppictures.Crop(
+                            pictures.Crop(
                                 pixels=pixels[i, r],
                                 name=Path(entry["input"]).name,
                                 value=entry["value"],
@@ -295,7 +295,7 @@ def draw_outputs(
                     f"{options.reduce} of each map at {options.stage}"
                 )
                 done: list[Future[Path]] = []
-                for image in toppictures.layer_pages(
+                for image in pictures.layer_pages(
                     alias,
                     layer.name,
                     target.field.size,
@@ -307,7 +307,7 @@ def draw_outputs(
                     number = len(pages[alias]) + 1  # JPEG: pages are photos (crops), see save_jpeg
                     name = f"{PAGES_DIR}/{layer.index:02d}-{alias}-{number:02d}.jpg"
                     pages[alias].append(name)
-                    done.append(encoder.submit(writing.save_jpeg, image, out_dir / name))
+                    done.append(encoder.submit(files.save_jpeg, image, out_dir / name))
                 for row in rows:
                     name = f"{STRIPS_DIR}/{alias}/{row.channel:04d}.jpg"
                     strips[alias][row.channel] = name
@@ -315,11 +315,11 @@ def draw_outputs(
                 for future in done:
                     future.result()
                 events.advance(len(rows))
-    return topreport.write_top_index(out_dir, result, pages=pages, strips=strips)
+    return index_page.write_top_index(out_dir, result, pages=pages, strips=strips)
 
 
 def _save_strip(row: Any, k: int, path: Path) -> Path:
     """Drawn and encoded on a worker thread: Pillow's resizing and encoding release the GIL."""
-    from vggviz import toppictures
+    from vggviz.top import pictures
 
-    return writing.save_jpeg(toppictures.channel_strip(row, k=k), path, quality=85)
+    return files.save_jpeg(pictures.channel_strip(row, k=k), path, quality=85)

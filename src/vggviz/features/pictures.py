@@ -9,8 +9,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from vggviz import render
-from vggviz.render import BACKGROUND, FOREGROUND, MUTED, PAD, ColourBar
+from vggviz.core import drawing
+from vggviz.core.drawing import BACKGROUND, FOREGROUND, MUTED, PAD, ColourBar
 
 
 @dataclass(frozen=True)
@@ -57,34 +57,34 @@ def layer_picture(
     channels' mean activations, if the caller has them already.
     """
     c, h, w = fmap.shape
-    rows, cols = render.grid_shape(style.grid, c)
-    channels = render.select_channels(fmap, rows * cols, style.select, means)
+    rows, cols = drawing.grid_shape(style.grid, c)
+    channels = drawing.select_channels(fmap, rows * cols, style.select, means)
     rows = min(rows, -(-len(channels) // cols))
     chosen = fmap[channels]
     bar = None
-    gray, value_range = render.scaled(chosen, style.scale)
+    gray, value_range = drawing.scaled(chosen, style.scale)
     if value_range is not None:
         bar = ColourBar(
-            render.colormap(style.cmap), *value_range, "one scale for every map of the layer"
+            drawing.colormap(style.cmap), *value_range, "one scale for every map of the layer"
         )
     if style.overlay and photo is not None:
         # the photo's colours are many: overlays stay RGB
-        lut = render.colormap(style.cmap)
-        heat = render.upsample(gray, photo.shape[:2])
-        tiles = np.stack([render.overlay(photo, lut[m], m) for m in heat])
-        tiles = render.resize_tiles(tiles, render.tile_factor(*tiles.shape[1:3], cols))
-        body = Image.fromarray(render.grid(tiles, rows, cols))
-        render.label_tiles(
+        lut = drawing.colormap(style.cmap)
+        heat = drawing.upsample(gray, photo.shape[:2])
+        tiles = np.stack([drawing.overlay(photo, lut[m], m) for m in heat])
+        tiles = drawing.resize_tiles(tiles, drawing.tile_factor(*tiles.shape[1:3], cols))
+        body = Image.fromarray(drawing.grid(tiles, rows, cols))
+        drawing.label_tiles(
             body, [f"#{i}" for i in channels], (tiles.shape[2], tiles.shape[1]), cols
         )
         pal = None
     else:
         # one palette index per pixel; a reduced map is averaged before its colours
-        pal = render.palette(style.cmap)
-        small = render.resize_tiles(gray, render.tile_factor(*gray.shape[1:3], cols))
+        pal = drawing.palette(style.cmap)
+        small = drawing.resize_tiles(gray, drawing.tile_factor(*gray.shape[1:3], cols))
         tiles = pal.levels[small]
-        body = render.grid(tiles, rows, cols, fill=pal.solid[BACKGROUND])
-        render.label_indexed(
+        body = drawing.grid(tiles, rows, cols, fill=pal.solid[BACKGROUND])
+        drawing.label_indexed(
             body, pal, [f"#{i}" for i in channels], (tiles.shape[2], tiles.shape[1]), cols
         )
     chosen_how = (
@@ -105,8 +105,8 @@ def layer_picture(
     ]
     warning = random_warning(caption.random, caption.weights)
     if pal is not None:
-        return render.figure_indexed(body, pal, title, bar, warning), channels
-    return render.figure(body, title, bar, warning), channels
+        return drawing.figure_indexed(body, pal, title, bar, warning), channels
+    return drawing.figure(body, title, bar, warning), channels
 
 
 def _mode_text(caption: Caption) -> str:
@@ -155,22 +155,22 @@ def filters_picture(
         else:
             planes = weight.mean(axis=1)
             what = f"mean over {in_ch} input channels"
-        lut = render.colormap(cmap)
+        lut = drawing.colormap(cmap)
         if scale == "map":
-            gray, bar = render.to_uint8(planes, "map"), None
+            gray, bar = drawing.to_uint8(planes, "map"), None
         else:
             bound = float(np.abs(planes).max()) or 1.0
-            gray = render.to_uint8(planes, "layer", (-bound, bound))
+            gray = drawing.to_uint8(planes, "layer", (-bound, bound))
             bar = ColourBar(lut, -bound, bound, "one scale for all kernels")
-        tiles = render.colourize(gray, lut)
-    tiles = render.resize_tiles(tiles, float(max(1, 96 // max(kh, kw))))
-    body = render.grid(tiles, rows, cols, pad=6)
+        tiles = drawing.colourize(gray, lut)
+    tiles = drawing.resize_tiles(tiles, float(max(1, 96 // max(kh, kw))))
+    body = drawing.grid(tiles, rows, cols, pad=6)
     title = [
         f"{alias} ({module}) filters  ·  {out_ch} kernels of {in_ch}x{kh}x{kw}",
         f"{what}  ·  weights: {weights}",
         "each kernel on its own scale" if scale == "map" else "one scale for the whole layer",
     ]
-    return render.figure(body, title, bar, random_warning(random, weights))
+    return drawing.figure(body, title, bar, random_warning(random, weights))
 
 
 @dataclass(frozen=True)
@@ -191,15 +191,15 @@ def overview_tiles(
     fmap: np.ndarray, style: Style, count: int = OVERVIEW_MAPS, means: np.ndarray | None = None
 ) -> tuple[np.ndarray, list[int]]:
     """The strongest ``count`` maps of a layer as small square-ish colour tiles."""
-    channels = render.select_channels(fmap, count, "top", means)
+    channels = drawing.select_channels(fmap, count, "top", means)
     chosen = fmap[channels]
-    gray, _ = render.scaled(chosen, style.scale)
+    gray, _ = drawing.scaled(chosen, style.scale)
     h, w = gray.shape[1:]
     f = OVERVIEW_TILE / max(h, w)
     size = (max(1, round(w * f)), max(1, round(h * f)))
     resample = Image.Resampling.NEAREST if f >= 1 else Image.Resampling.BOX
     small = np.stack([np.asarray(Image.fromarray(g).resize(size, resample)) for g in gray])
-    return render.colourize(small, render.colormap(style.cmap)), channels
+    return drawing.colourize(small, drawing.colormap(style.cmap)), channels
 
 
 def overview_picture(
@@ -215,13 +215,13 @@ def overview_picture(
     body = Image.new("RGB", (width, height), BACKGROUND)
     for i, row in enumerate(rows):
         y = PAD + i * (tile_h + PAD)
-        render.draw_text(body, (8, y + 6), row.alias, 20, FOREGROUND)
+        drawing.draw_text(body, (8, y + 6), row.alias, 20, FOREGROUND)
         c, h, w = row.shape
-        render.draw_text(body, (8, y + 32), row.module, 13, MUTED)
-        render.draw_text(body, (8, y + 50), f"{c}x{h}x{w}", 13, MUTED)
+        drawing.draw_text(body, (8, y + 32), row.module, 13, MUTED)
+        drawing.draw_text(body, (8, y + 50), f"{c}x{h}x{w}", 13, MUTED)
         for j, tile in enumerate(row.tiles):
             body.paste(Image.fromarray(tile), (label_w + j * (tile_w + PAD), y))
-        render.label_tiles(
+        drawing.label_tiles(
             body,
             [f"#{ch}" for ch in row.channels],
             (tile_w, tile_h),
@@ -242,4 +242,4 @@ def overview_picture(
         if style.scale == "map"
         else "one scale per layer (0.5-99.9th pct of the maps shown)",
     ]
-    return render.figure(stacked, title, None, random_warning(caption.random, caption.weights))
+    return drawing.figure(stacked, title, None, random_warning(caption.random, caption.weights))

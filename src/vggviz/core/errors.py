@@ -52,6 +52,6 @@ def os_reason(err: OSError) -> str:
 
 def write_error(path: object, err: OSError) -> str:
     """``<path>: cannot write (<reason>)``, for any OS error while writing."""
-    from vggviz.records import display
+    from vggviz.core.folders import display
 
     return f"{display(str(path))}: cannot write ({os_reason(err)})"

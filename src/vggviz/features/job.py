@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from vggviz import inputs, memory, options, records
-from vggviz.catalog import IMAGENET_FILES, STYLE_DEFAULTS, ModelSpec
-from vggviz.errors import OutputError, UsageError, write_error
-from vggviz.records import Record
+from vggviz.core import folders, inputs, memory, values
+from vggviz.core.errors import OutputError, UsageError, write_error
+from vggviz.core.folders import Record
+from vggviz.core.vocabulary import IMAGENET_FILES, STYLE_DEFAULTS, ModelSpec
 
 
 @dataclass(frozen=True)
@@ -120,8 +120,8 @@ def plan(
     """The (input, folder) pairs this run does, what discovery found, and the shard."""
     shard = inputs.parse_shard(request.shard) if request.shard else None
     found = inputs.find_images(request.images, stdin=stdin, exclude=request.out_dir)
-    folders = records.output_dirs(found.items, request.out_dir)
-    work = list(zip(found.items, folders, strict=True))
+    dirs = folders.output_dirs(found.items, request.out_dir)
+    work = list(zip(found.items, dirs, strict=True))
     if shard:
         mine = {id(item) for item in inputs.shard(found.items, *shard)}
         work = [(item, folder) for item, folder in work if id(item) in mine]
@@ -130,14 +130,14 @@ def plan(
 
 def run(request: Request, hooks: Hooks = Hooks(), stdin: BinaryIO | None = None) -> Summary:
     """Do the whole job; see the module's docstring."""
-    from vggviz.render import check_colormap
+    from vggviz.core.drawing import check_colormap
 
     style = style_for(request)
     try:
         check_colormap(style["cmap"])
     except ValueError as err:
         raise UsageError(f"{err}; see matplotlib's colormap list", param="cmap") from None
-    grid = options.parse_grid(request.grid)
+    grid = values.parse_grid(request.grid)
     memory.check_memory(  # before anything heavy is loaded: --size 4000 must not take 9 GB
         request.model.arch,
         request.size,
@@ -152,9 +152,9 @@ def run(request: Request, hooks: Hooks = Hooks(), stdin: BinaryIO | None = None)
         hooks.on_note(passed)
     summary = Summary(total=len(work), problems=[str(p) for p in found.problems])
 
-    from vggviz import pictures, pipeline
-    from vggviz.layers import select_layers
-    from vggviz.models import load
+    from vggviz.features import engine, pictures
+    from vggviz.model.layers import select_layers
+    from vggviz.model.loading import load
 
     spec = request.model
     loaded, note = load(spec)
@@ -177,7 +177,7 @@ def run(request: Request, hooks: Hooks = Hooks(), stdin: BinaryIO | None = None)
         "raw": request.save_raw,
         "overview": request.overview,
     }
-    job = pipeline.Job(
+    job = engine.Job(
         mode=request.mode,
         stage=request.stage,
         size=request.size,
@@ -187,7 +187,7 @@ def run(request: Request, hooks: Hooks = Hooks(), stdin: BinaryIO | None = None)
         overview=request.overview,
         batch_size=request.batch_size,
         skip_existing=request.skip_existing,
-        fingerprint=records.fingerprint(shaping),
+        fingerprint=folders.fingerprint(shaping),
     )
     run_info = {
         "arch": spec.arch,
@@ -199,19 +199,19 @@ def run(request: Request, hooks: Hooks = Hooks(), stdin: BinaryIO | None = None)
         "date": time.strftime("%Y-%m-%d %H:%M"),
     }
     try:
-        held = records.claim_run(request.out_dir, shard)
+        held = folders.claim_run(request.out_dir, shard)
     except OSError as err:
         raise OutputError(write_error(request.out_dir, err)) from None
     try:
-        if held.suffix != records.run_suffix(shard):
+        if held.suffix != folders.run_suffix(shard):
             hooks.on_note(
-                f"another run is writing {records.index_name(records.run_suffix(shard))} here; "
-                f"this run's is {records.index_name(held.suffix)}"
+                f"another run is writing {folders.index_name(folders.run_suffix(shard))} here; "
+                f"this run's is {folders.index_name(held.suffix)}"
             )
         _write_run(loaded, layers, work, job, request, held.suffix, run_info, summary, hooks)
     finally:
         held.release()
-    if not records.locks_supported():
+    if not folders.locks_supported():
         hooks.on_note(
             f"{request.out_dir}: this file system has no locks; runs sharing it at the same "
             "time are not kept apart"
@@ -221,12 +221,13 @@ def run(request: Request, hooks: Hooks = Hooks(), stdin: BinaryIO | None = None)
 
 def _write_run(loaded, layers, work, job, request, suffix, run_info, summary, hooks) -> None:
     """The engine between the run's own files: filters first, manifest as it goes, index last."""
-    from vggviz import pipeline, report, writing
-    from vggviz.filters import draw_filters
+    from vggviz.core import files
+    from vggviz.features import engine, index_page
+    from vggviz.features.filters import draw_filters
 
     out_dir = request.out_dir
-    for name in (records.manifest_name(suffix), records.index_name(suffix)):
-        writing.clean_temporaries(out_dir, name)
+    for name in (folders.manifest_name(suffix), folders.index_name(suffix)):
+        files.clean_temporaries(out_dir, name)
     figures = []
     run_error: list[OutputError] = []
     try:
@@ -234,7 +235,7 @@ def _write_run(loaded, layers, work, job, request, suffix, run_info, summary, ho
             first = loaded.layers[0]
             path = draw_filters(loaded, first, out_dir, suffix=suffix)
             figures.append((f"{first.alias} filters of this model", path))
-        manifest = writing.JsonLines(out_dir / records.manifest_name(suffix))
+        manifest = files.JsonLines(out_dir / folders.manifest_name(suffix))
     except OSError as err:
         raise OutputError(write_error(err.filename or out_dir, err)) from None
 
@@ -250,7 +251,7 @@ def _write_run(loaded, layers, work, job, request, suffix, run_info, summary, ho
 
     hooks.on_start(len(work))
     try:
-        complete, disk_full = pipeline.run(
+        complete, disk_full = engine.run(
             loaded,
             layers,
             work,
@@ -275,12 +276,12 @@ def _write_run(loaded, layers, work, job, request, suffix, run_info, summary, ho
             "failed": str(summary.error),
             "skipped": str(summary.skipped),
         }
-        summary.index = report.write_index(
+        summary.index = index_page.write_index(
             out_dir,
             [json.loads(line) for line in lines],
             title=f"vggviz: {loaded.arch}",
             run_info=info,
-            name=records.index_name(suffix),
+            name=folders.index_name(suffix),
             figures=figures,
         )
     except OSError as err:

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from vggviz.catalog import SCALES, SELECTS  # noqa: F401 (re-exported)
-from vggviz.options import parse_grid
+from vggviz.core.values import parse_grid
+from vggviz.core.vocabulary import SCALES, SELECTS  # noqa: F401 (re-exported)
 
 BACKGROUND = (24, 24, 27)
 FOREGROUND = (236, 236, 240)

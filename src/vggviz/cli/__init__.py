@@ -19,10 +19,11 @@ from typing import Any
 
 import click
 
-from vggviz import __version__, catalog
-from vggviz import options as checks
-from vggviz.catalog import ARCHS, ModelSpec
-from vggviz.errors import UsageError, VggvizError
+from vggviz import __version__
+from vggviz.core import values as checks
+from vggviz.core import vocabulary
+from vggviz.core.errors import UsageError, VggvizError
+from vggviz.core.vocabulary import ARCHS, ModelSpec
 
 OK, FAILED, USAGE, INTERRUPTED, PIPE_CLOSED, TERMINATED = 0, 1, 2, 130, 141, 143
 
@@ -95,7 +96,7 @@ def input_options(func: Callable[..., Any]) -> Callable[..., Any]:
     options = [
         click.option(
             "--stage",
-            type=click.Choice(catalog.STAGES),
+            type=click.Choice(vocabulary.STAGES),
             default="relu",
             show_default=True,
             help="Network mode: take each map after the conv, its BN or its ReLU.",
@@ -160,7 +161,7 @@ def model_options(func: Callable[..., Any]) -> Callable[..., Any]:
         ),
         click.option(
             "--precision",
-            type=click.Choice(catalog.PRECISIONS),
+            type=click.Choice(vocabulary.PRECISIONS),
             default="fp32",
             show_default=True,
             help="Arithmetic of the forward pass.",
@@ -170,7 +171,7 @@ def model_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _load(arch: str, weights: str, seed: int, device: str, precision: str):
-    from vggviz.models import load
+    from vggviz.model.loading import load
 
     loaded, note = load(ModelSpec(arch, weights, seed, device, precision))
     if note:
@@ -228,7 +229,7 @@ def info(arch: str, size: int) -> None:
     Example:
         vggviz info --arch vgg19_bn --size 320
     """
-    from vggviz.info import describe, format_info
+    from vggviz.model.info import describe, format_info
 
     click.echo(format_info(describe(arch, size, size)))
 
@@ -240,7 +241,7 @@ def info(arch: str, size: int) -> None:
 )
 @click.option(
     "--view",
-    type=click.Choice(catalog.VIEWS),
+    type=click.Choice(vocabulary.VIEWS),
     default=None,
     help="rgb: each 3-channel kernel in colour (default for conv1); channel: one "
     "input channel, the tutorial's grey picture; mean: mean over input channels "
@@ -256,7 +257,7 @@ def info(arch: str, size: int) -> None:
 @click.option("--cmap", default="gray", show_default=True, help="Colour map for channel/mean.")
 @click.option(
     "--scale",
-    type=click.Choice(catalog.SCALES),
+    type=click.Choice(vocabulary.SCALES),
     default="map",
     show_default=True,
     help="map: each kernel on its own scale; layer: one scale for all.",
@@ -274,8 +275,8 @@ def filters(
         vggviz filters --view channel        # the tutorial's grey picture
         vggviz filters --layer conv5 --cmap RdBu_r --scale layer
     """
-    from vggviz.filters import draw_filters
-    from vggviz.layers import select_layers
+    from vggviz.features.filters import draw_filters
+    from vggviz.model.layers import select_layers
 
     _check_cmap(cmap)
     loaded = _load(arch, weights, seed, device, precision)
@@ -294,7 +295,7 @@ def filters(
 
 
 def _check_cmap(name: str) -> None:
-    from vggviz.render import check_colormap
+    from vggviz.core.drawing import check_colormap
 
     try:
         check_colormap(name)
@@ -310,7 +311,7 @@ def _check_cmap(name: str) -> None:
 @input_options
 @click.option(
     "--mode",
-    type=click.Choice(catalog.MODES),
+    type=click.Choice(vocabulary.MODES),
     default="network",
     show_default=True,
     help="network: the network's real activations; chain: the tutorial's conv-only "
@@ -318,7 +319,7 @@ def _check_cmap(name: str) -> None:
 )
 @click.option(
     "--select",
-    type=click.Choice(catalog.SELECTS),
+    type=click.Choice(vocabulary.SELECTS),
     default=None,
     help="Channels drawn: top (largest mean activation) or first. "
     "[default: top; chain mode: first]",
@@ -337,7 +338,7 @@ def _check_cmap(name: str) -> None:
 )
 @click.option(
     "--scale",
-    type=click.Choice(catalog.SCALES),
+    type=click.Choice(vocabulary.SCALES),
     default=None,
     help="layer: one robust scale shared by the layer's maps, with a colour bar; map: each "
     "map stretched on its own. [default: layer; chain: map]",
@@ -418,7 +419,7 @@ def features(
         vggviz features photos/ --json --quiet | jq .status
         find photos -name '*.jpg' -print0 | vggviz features - --shard 1/4 --skip-existing
     """
-    from vggviz import features as job
+    from vggviz.features import job as job
 
     request = job.Request(
         images=images,
@@ -477,7 +478,7 @@ class _Signals:
 
 
 def _run_features(request, as_json: bool, quiet: bool) -> int:
-    from vggviz import features as job
+    from vggviz.features import job as job
 
     show_bar = not quiet and sys.stderr.isatty()
     started = time.perf_counter()
@@ -550,13 +551,13 @@ def _run_features(request, as_json: bool, quiet: bool) -> int:
 
 
 def records_dumps(record: Any) -> str:
-    from vggviz.records import dumps
+    from vggviz.core.folders import dumps
 
     return dumps(record)
 
 
 def _shown(text: str) -> str:
-    from vggviz.records import display
+    from vggviz.core.folders import display
 
     return display(text)
 
@@ -606,8 +607,8 @@ def weights(ctx: click.Context, arch: str | None) -> None:
     """
     if ctx.invoked_subcommand is not None:
         return
-    from vggviz.models import ARCHS as archs
-    from vggviz.models import imagenet_cache_path
+    from vggviz.model.loading import ARCHS as archs
+    from vggviz.model.loading import imagenet_cache_path
 
     missing = 0
     for name in [arch] if arch else archs:
@@ -629,7 +630,7 @@ def weights_download(arch: str) -> None:
     Example:
         vggviz weights download --arch vgg16_bn
     """
-    from vggviz.models import download_imagenet
+    from vggviz.model.loading import download_imagenet
 
     click.echo(str(download_imagenet(arch)))
 
@@ -644,7 +645,7 @@ def weights_import(file: Path) -> None:
     Example:
         vggviz weights import /mnt/usb/vgg16_bn-6c64b313.pth
     """
-    from vggviz.models import import_weights
+    from vggviz.model.loading import import_weights
 
     arch, path = import_weights(file)
     click.echo(f"{arch}: {path}")
@@ -665,7 +666,7 @@ def weights_import(file: Path) -> None:
 )
 @click.option(
     "--reduce",
-    type=click.Choice(catalog.REDUCES),
+    type=click.Choice(vocabulary.REDUCES),
     default="max",
     show_default=True,
     help="A map's value: max (its strongest unit, which is cropped) or mean (cropped at its "
@@ -729,7 +730,7 @@ def top(
         vggviz top photos/ -o top/ --shard 2/8      # one part, on one node
         vggviz top photos/ -o top/ --merge          # then all parts together
     """
-    from vggviz import top as job
+    from vggviz.top import job as job
 
     request = job.TopRequest(
         images=images,
@@ -844,7 +845,7 @@ def main() -> None:
 
 
 def _reason(err: OSError) -> str:
-    from vggviz.errors import os_reason
+    from vggviz.core.errors import os_reason
 
     return os_reason(err)
 

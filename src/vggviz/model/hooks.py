@@ -9,8 +9,8 @@ from contextlib import contextmanager, suppress
 import torch
 from torch import nn
 
-from vggviz.catalog import MODES
-from vggviz.layers import ConvLayer
+from vggviz.core.vocabulary import MODES
+from vggviz.model.layers import ConvLayer
 
 __all__ = ["MODES", "capture", "chain_maps", "network_maps"]
 

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
-from vggviz.errors import InputError, UsageError, VggvizError
-from vggviz.images import IMAGE_EXTENSIONS
-from vggviz.options import parse_shard  # noqa: F401 (part of this module's interface)
+from vggviz.core.errors import InputError, UsageError, VggvizError
+from vggviz.core.images import IMAGE_EXTENSIONS
+from vggviz.core.values import parse_shard  # noqa: F401 (part of this module's interface)
 
 
 @dataclass(frozen=True)

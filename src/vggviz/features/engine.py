@@ -24,13 +24,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vggviz import images, memory, options, pictures, records, render, writing
-from vggviz.capture import chain_maps, network_maps
-from vggviz.errors import InputError, write_error
-from vggviz.inputs import InputItem
-from vggviz.layers import ConvLayer
-from vggviz.models import LoadedModel
-from vggviz.records import Record
+from vggviz.core import drawing, files, folders, images, memory, values
+from vggviz.core.errors import InputError, write_error
+from vggviz.core.folders import Record
+from vggviz.core.inputs import InputItem
+from vggviz.features import pictures
+from vggviz.model.hooks import chain_maps, network_maps
+from vggviz.model.layers import ConvLayer
+from vggviz.model.loading import LoadedModel
 
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
@@ -48,7 +49,7 @@ class Job:
     overview: bool = True
     batch_size: int = 1
     skip_existing: bool = False
-    fingerprint: str = ""  # of everything above that shapes the outputs (records.fingerprint)
+    fingerprint: str = ""  # of everything above that shapes the outputs (folders.fingerprint)
 
 
 class Stopped(Exception):
@@ -62,9 +63,9 @@ class ImageOutput:
     def __init__(
         self,
         item: InputItem,
-        claim: records.Claim,
+        claim: folders.Claim,
         photo: np.ndarray,
-        ident: records.Identity,
+        ident: folders.Identity,
         loaded: LoadedModel,
         job: Job,
         encoder: Executor,
@@ -74,26 +75,26 @@ class ImageOutput:
         self.ident, self.job, self.encoder = ident, job, encoder
         self.encoding: list[Future[Path]] = []
         self.caption = pictures.Caption(
-            records.display(str(item.rel)), loaded.weights, loaded.random, job.mode, job.stage
+            folders.display(str(item.rel)), loaded.weights, loaded.random, job.mode, job.stage
         )
         self.outputs: list[Path] = []
-        self.layers: list[records.LayerStats] = []
+        self.layers: list[folders.LayerStats] = []
         self.rows: list[pictures.OverviewRow] = []
         self.error: str | None = None
         self.disk_full = False
         self.abandoned = False
         self.on_disk_full = on_disk_full
-        self.raw: writing.NpzWriter | None = None
+        self.raw: files.NpzWriter | None = None
 
     def start(self) -> None:
         """Empty the folder of an earlier run's outputs, its record first: a kill from here on
         leaves a folder without a record, which every later run redoes."""
-        owned = sorted(records.owned_files(self.folder), key=lambda p: p.name != records.RECORD)
+        owned = sorted(folders.owned_files(self.folder), key=lambda p: p.name != folders.RECORD)
         for path in owned:
             path.unlink(missing_ok=True)
-        writing.clean_temporaries(self.folder)
+        files.clean_temporaries(self.folder)
         if self.job.save_raw:
-            self.raw = writing.NpzWriter(self.folder / records.RAW)
+            self.raw = files.NpzWriter(self.folder / folders.RAW)
 
     def add_layer(self, layer: ConvLayer, fmap: np.ndarray) -> None:
         if self.error or self.abandoned:
@@ -104,7 +105,7 @@ class ImageOutput:
                 fmap = _finite(fmap)
             # near float32's limit, means and spans overflow again: the picture is still right
             with np.errstate(over="ignore", invalid="ignore"):
-                means = render.channel_means(fmap)  # once, for the picture, overview, record
+                means = drawing.channel_means(fmap)  # once, for the picture, overview, record
                 image, channels = pictures.layer_picture(
                     fmap,
                     alias=layer.alias,
@@ -114,7 +115,7 @@ class ImageOutput:
                     photo=self.photo,
                     means=means,
                 )
-            path = self._save(image, self.folder / records.picture_name(layer.index, layer.alias))
+            path = self._save(image, self.folder / folders.picture_name(layer.index, layer.alias))
             if self.raw:
                 self.raw.add(layer.alias, fmap)
             if self.job.overview:
@@ -136,7 +137,7 @@ class ImageOutput:
 
     def _save(self, image: Image.Image, path: Path) -> Path:
         self.outputs.append(path)
-        self.encoding.append(self.encoder.submit(writing.save_png, image, path))
+        self.encoding.append(self.encoder.submit(files.save_png, image, path))
         return path
 
     def _wait_for_encoding(self) -> None:
@@ -155,14 +156,14 @@ class ImageOutput:
                 image = pictures.overview_picture(
                     self.rows, self.photo, self.caption, self.job.style
                 )
-                self._save(image, self.folder / records.OVERVIEW)
+                self._save(image, self.folder / folders.OVERVIEW)
             self._wait_for_encoding()
             if not (self.error or self.abandoned):
                 if self.raw:
                     self.outputs.append(self.raw.close())
                     self.raw = None
                 record = self.record()
-                writing.save_json(record, self.folder / records.RECORD)
+                files.save_json(record, self.folder / folders.RECORD)
                 self.claim.release()
                 return record
         except OSError as err:
@@ -192,8 +193,8 @@ class ImageOutput:
             "status": "ok",
             "folder": str(self.folder),
             "size": list(self.photo.shape[:2]),
-            "outputs": [str(p) for p in [*self.outputs, self.folder / records.RECORD]],
-            "overview": str(self.folder / records.OVERVIEW) if self.job.overview else None,
+            "outputs": [str(p) for p in [*self.outputs, self.folder / folders.RECORD]],
+            "overview": str(self.folder / folders.OVERVIEW) if self.job.overview else None,
             "layers": self.layers,
             "identity": self.ident,
             "fingerprint": self.job.fingerprint,
@@ -223,7 +224,7 @@ def _layer_stats(
     finite: bool,
     channels: list[int],
     path: Path,
-) -> records.LayerStats:
+) -> folders.LayerStats:
     return {
         "name": layer.alias,
         "module": layer.name,
@@ -253,8 +254,8 @@ def skipped_record(item: InputItem, folder: Path, reason: str, earlier: Record |
 @dataclass
 class _Prepared:
     item: InputItem
-    claim: records.Claim
-    ident: records.Identity
+    claim: folders.Claim
+    ident: folders.Identity
     photo: np.ndarray
     tensor: torch.Tensor
 
@@ -375,11 +376,11 @@ class Engine:
             if not _inside(folder, self.out_dir):
                 return error_record(item, f"{folder}: output folder leads outside {self.out_dir}")
             try:
-                ident = records.identity(item.path)
+                ident = folders.identity(item.path)
             except (OSError, ValueError):
                 ident = None  # load_rgb below says what is wrong with the file
             if self.job.skip_existing and ident is not None:
-                earlier = records.finished(folder, self.job.fingerprint, ident)
+                earlier = folders.finished(folder, self.job.fingerprint, ident)
                 if earlier is not None:
                     _sweep(folder)
                     return skipped_record(item, folder, "finished earlier", earlier)
@@ -388,11 +389,11 @@ class Engine:
             if ident is None:
                 raise InputError(item.path, "cannot read file")
             try:
-                claim = records.claim(folder)
-            except records.Held as held:
+                claim = folders.claim(folder)
+            except folders.Held as held:
                 return skipped_record(item, folder, str(held), None)
             if self.job.skip_existing:  # another run may have finished it meanwhile
-                earlier = records.finished(folder, self.job.fingerprint, ident)
+                earlier = folders.finished(folder, self.job.fingerprint, ident)
                 if earlier is not None:
                     claim.release()
                     return skipped_record(item, folder, "finished earlier", earlier)
@@ -412,7 +413,7 @@ class Engine:
         size = self.job.size
         if width * height <= size * size or memory.check_disabled():
             return
-        grid = options.parse_grid(self.job.style.grid)
+        grid = values.parse_grid(self.job.style.grid)
         kw: dict[str, Any] = {
             "batch_size": self.job.batch_size,
             "mode": self.job.mode,
@@ -474,11 +475,11 @@ class Engine:
 def _sweep(folder: Path) -> None:
     """Remove a killed run's temporaries from a finished folder, unless a live run holds it."""
     try:
-        claim = records.claim(folder)
-    except (records.Held, OSError):
+        claim = folders.claim(folder)
+    except (folders.Held, OSError):
         return
     try:
-        writing.clean_temporaries(folder)
+        files.clean_temporaries(folder)
     finally:
         claim.release()
 

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from vggviz.catalog import STAGES
-from vggviz.errors import UsageError
+from vggviz.core.errors import UsageError
+from vggviz.core.vocabulary import STAGES
 
 __all__ = ["STAGES", "ConvLayer", "find_conv_layers", "select_layers"]
 

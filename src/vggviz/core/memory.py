@@ -25,8 +25,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from vggviz import catalog
-from vggviz.errors import UsageError
+from vggviz.core import vocabulary
+from vggviz.core.errors import UsageError
 
 GB = 1e9
 
@@ -56,7 +56,7 @@ def _layer_maps(arch: str, height: int, width: int, mode: str) -> list[tuple[int
     """(channels, height, width) of every conv layer's map for a ``height`` x ``width``
     input."""
     out = []
-    for block, widths in enumerate(catalog.blocks(arch)):
+    for block, widths in enumerate(vocabulary.blocks(arch)):
         # network mode pools after each block (floor division, as MaxPool2d(2, 2) does)
         h, w = (height, width) if mode == "chain" else (height >> block, width >> block)
         out.extend((c, h, w) for c in widths)
@@ -93,12 +93,12 @@ def estimate_peak_bytes(
     process that holds them already. Maps count as float32 whatever the precision: the
     drawing side converts them.
     """
-    if arch not in catalog.ARCHS:
+    if arch not in vocabulary.ARCHS:
         raise UsageError(
-            f"unknown {arch!r}: expected one of {', '.join(catalog.ARCHS)}", param="arch"
+            f"unknown {arch!r}: expected one of {', '.join(vocabulary.ARCHS)}", param="arch"
         )
-    if mode not in catalog.MODES:
-        raise UsageError(f"{mode!r}: expected one of {', '.join(catalog.MODES)}", param="mode")
+    if mode not in vocabulary.MODES:
+        raise UsageError(f"{mode!r}: expected one of {', '.join(vocabulary.MODES)}", param="mode")
     maps = _layer_maps(arch, height, width, mode)[:layers]
     tiles = tiles if tiles is not None else max((c for c, _, _ in maps), default=0)
     sizes = [4 * c * h * w for c, h, w in maps]  # float32 bytes of each map, one image

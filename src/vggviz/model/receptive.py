@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from vggviz.errors import UsageError
-from vggviz.layers import ConvLayer
+from vggviz.core.errors import UsageError
+from vggviz.model.layers import ConvLayer
 
 _POINTWISE = (nn.BatchNorm2d, nn.ReLU, nn.Dropout, nn.Identity, nn.LeakyReLU)
 _GEOMETRIC = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)

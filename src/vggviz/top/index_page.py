@@ -1,10 +1,10 @@
 """``index.html`` for a ``vggviz top`` run: every layer, every channel's best crops, its
 dead fraction and the spread of its values over the dataset, opened straight from disk.
 
-Like :mod:`vggviz.report` it is one static file with inline CSS and relative links, and no
-script: a run over VGG19 has 5,504 channels, so the page is streamed layer by layer, every
-picture is loaded lazily, each strip's box is sized before it loads (so links to a channel
-land on it), and the layers are linked from the top. Histograms are inline SVG paths of a
+Like :mod:`vggviz.features.index_page` it is one static file with inline CSS and relative
+links, and no script: a run over VGG19 has 5,504 channels, so the page is streamed layer by
+layer, every picture is loaded lazily, each strip's box is sized before it loads (so links to
+a channel land on it), and the layers are linked from the top. Histograms are inline SVG paths of a
 few hundred bytes. Stdlib and vggviz's torch-free modules only: never torch or click.
 """
 
@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import IO, Any
 from urllib.parse import quote
 
-from vggviz.report import _CSS, _esc, _is_num, _is_seq, _number, _plural, _text
-from vggviz.toppictures import PAGE_ROWS
-from vggviz.writing import atomic_file
+from vggviz.core.files import atomic_file
+from vggviz.features.index_page import _CSS, _esc, _is_num, _is_seq, _number, _plural, _text
+from vggviz.top.pictures import PAGE_ROWS
 
 INDEX_NAME = "index.html"
 STRIP_HEIGHT = 80  # CSS pixels a channel's strip is shown at
@@ -74,7 +74,7 @@ def write_top_index(
     strip PNG's relative path.
 
     A layer's pages are taken to hold its channels in order, as
-    :func:`vggviz.toppictures.layer_pages` lays them out (:func:`per_page`), so that each
+    :func:`vggviz.top.pictures.layer_pages` lays them out (:func:`per_page`), so that each
     channel's strip links to its page.
     The file is written to a temporary name and moved into place. Missing or odd fields are
     left out rather than failing the page.
@@ -228,7 +228,7 @@ def _legend(result: Mapping[str, Any]) -> str:
 
 def per_page(channels: int, pages: int) -> int:
     """Channels per page of a layer with ``channels`` channels drawn on ``pages`` pages by
-    :func:`vggviz.toppictures.layer_pages` (full pages of one of PAGE_ROWS, the last one
+    :func:`vggviz.top.pictures.layer_pages` (full pages of one of PAGE_ROWS, the last one
     maybe short), or 0 when no such split fits and strips are better left unlinked."""
     for rows in PAGE_ROWS:
         if channels and pages and math.ceil(channels / rows) == pages:

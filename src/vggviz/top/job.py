@@ -6,7 +6,7 @@ Pass 1 (the scan) runs every input once. Hooks reduce each map to one value per 
 is merged batch by batch, and the images-by-channels values go to disk in float16 chunks,
 so memory does not grow with the number of inputs. Checkpoints every N inputs let a killed
 scan resume; ``shard`` scans a deterministic part and stops, and ``merge`` combines the
-parts into exactly the state of one run. Pass 2 (:mod:`vggviz.topcrops`) runs each chosen
+parts into exactly the state of one run. Pass 2 (:mod:`vggviz.top.crops`) runs each chosen
 input once more, checks its values and cuts the crops; then top.json, the pages, the
 channel strips and index.html are written.
 """
@@ -26,17 +26,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from vggviz import images, inputs, topstate, writing
-from vggviz.catalog import REDUCES, ModelSpec
-from vggviz.errors import InputError, UsageError, VggvizError
-from vggviz.inputs import InputItem
-from vggviz.layers import ConvLayer
-from vggviz.models import LoadedModel
-from vggviz.topk import ChannelStats, TopK, channel_stats
-from vggviz.topstate import Fingerprint, ScanState
+from vggviz.core import files, images, inputs
+from vggviz.core.errors import InputError, UsageError, VggvizError
+from vggviz.core.inputs import InputItem
+from vggviz.core.vocabulary import REDUCES, ModelSpec
+from vggviz.model.layers import ConvLayer
+from vggviz.model.loading import LoadedModel
+from vggviz.top import checkpoint
+from vggviz.top.checkpoint import Fingerprint, ScanState
+from vggviz.top.ranking import ChannelStats, TopK, channel_stats
 
 if TYPE_CHECKING:
-    from vggviz.topcrops import LayerCrops
+    from vggviz.top.crops import LayerCrops
 
 TOP_JSON = "top.json"
 MATRIX_DIR = "top-matrix"
@@ -107,8 +108,8 @@ class TopRequest:
 def run(request: TopRequest, events: TopEvents | None = None, stdin: Any = None) -> TopResult:
     """The job in one call: find the inputs (never inside ``out_dir``), load the model, then
     :func:`run_top`. Folders that could not be listed are in the result's ``failed``."""
-    from vggviz.layers import select_layers
-    from vggviz.models import load
+    from vggviz.model.layers import select_layers
+    from vggviz.model.loading import load
 
     events = events or TopEvents()
     request.options.check()
@@ -167,7 +168,7 @@ def run_top(
         if shard:
             mine = {id(item) for item in inputs.shard(items, *shard)}
             numbered = [(n, item) for n, item in numbered if id(item) in mine]
-        folder = topstate.scan_dir(out_dir, shard)
+        folder = checkpoint.scan_dir(out_dir, shard)
         state = _scan(loaded, layers, numbered, options, folder, fingerprint, shard, events)
         if shard:
             return TopResult(state.scanned, state.failed, scan_dir=folder)
@@ -306,7 +307,7 @@ def _scan(
     """Pass 1 over ``work`` (input number, item), resumed from ``folder``'s checkpoint when
     it was made with the same fingerprint; returns the final (complete) state."""
     folder.mkdir(parents=True, exist_ok=True)
-    writing.clean_temporaries(folder)
+    files.clean_temporaries(folder)
     state = ScanState.load(folder)
     if state is not None and state.fingerprint.digest != fingerprint.digest:
         events.note(
@@ -320,21 +321,21 @@ def _scan(
     elif state is not None:
         events.note(f"{folder}: resuming the scan after {state.position} of {len(work)} inputs")
     if state is None:
-        topstate.clear(folder)
+        checkpoint.clear(folder)
         tops = {la.alias: TopK.empty(la.module.out_channels, options.k) for la in layers}
         state = ScanState(fingerprint, shard, tops)
-    topstate.drop_chunks_after(folder, state.chunks)  # written, but a kill came first
+    checkpoint.drop_chunks_after(folder, state.chunks)  # written, but a kill came first
 
     events.phase("scan", len(work), state.position)
     rows: list[int] = []
     values: dict[str, list[np.ndarray]] = {la.alias: [] for la in layers}
     since_checkpoint = 0
 
-    def checkpoint(complete: bool = False) -> None:
+    def save_checkpoint(complete: bool = False) -> None:
         if rows:
             state.chunks += 1
             stacked = {alias: np.concatenate(v) for alias, v in values.items()}
-            topstate.write_chunk(folder, state.chunks, np.asarray(rows), stacked)
+            checkpoint.write_chunk(folder, state.chunks, np.asarray(rows), stacked)
             rows.clear()
             for v in values.values():
                 v.clear()
@@ -362,9 +363,9 @@ def _scan(
             since_checkpoint += consumed
             events.advance(consumed)
             if since_checkpoint >= options.checkpoint_every:
-                checkpoint()
+                save_checkpoint()
                 since_checkpoint = 0
-    checkpoint(complete=True)
+    save_checkpoint(complete=True)
     return state
 
 
@@ -373,7 +374,7 @@ def _scan(
 
 def _partials(out_dir: Path, fingerprint: Fingerprint) -> list[tuple[Path, ScanState]]:
     """Every shard's complete scan in ``out_dir``, checked against this run's options."""
-    found = topstate.shard_dirs(out_dir)
+    found = checkpoint.shard_dirs(out_dir)
     if not found:
         raise UsageError(f"--merge: no shard results (top-scan-shard-K-of-N) in {out_dir}")
     counts = {n for _, n in found}
@@ -428,23 +429,23 @@ def _write_matrix(
     paths = {}
     for layer in layers:
         path = folder / f"{layer.alias}.npy"
-        tmp = path.with_name(f".{path.name}{writing.TMP_SUFFIX}")
+        tmp = path.with_name(f".{path.name}{files.TMP_SUFFIX}")
         shape = (len(numbers), layer.module.out_channels)
         matrix = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=shape)
         for part_folder, state in parts:
-            for chunk in topstate.read_chunks(part_folder, state.chunks):
+            for chunk in checkpoint.read_chunks(part_folder, state.chunks):
                 matrix[np.searchsorted(numbers, chunk["rows"])] = chunk[layer.alias]
         matrix.flush()
         del matrix
         tmp.replace(path)
         paths[layer.alias] = path
-    writing.save_json([str(items[n].path) for n in numbers], folder / "inputs.json")
+    files.save_json([str(items[n].path) for n in numbers], folder / "inputs.json")
     return paths
 
 
 def _chunk_rows(folder: Path, count: int) -> Iterator[dict[str, np.ndarray]]:
     for number in range(1, count + 1):
-        with np.load(topstate.chunk_path(folder, number), allow_pickle=False) as chunk:
+        with np.load(checkpoint.chunk_path(folder, number), allow_pickle=False) as chunk:
             yield {"rows": chunk["rows"]}
 
 
@@ -460,7 +461,7 @@ def _finish(
     parts: Sequence[tuple[Path, ScanState]],
     events: TopEvents,
 ) -> TopResult:
-    from vggviz import topcrops
+    from vggviz.top.crops import draw_outputs, run_pass2
 
     scanned = sum(state.scanned for _, state in parts)
     failed = [message for _, state in parts for message in state.failed]
@@ -469,7 +470,7 @@ def _finish(
     tops = _merged_tops(parts)
     matrices = _write_matrix(parts, layers, items, out_dir)
     started = time.perf_counter()
-    crops = topcrops.run_pass2(loaded, layers, tops, items, options, out_dir, events)
+    crops = run_pass2(loaded, layers, tops, items, options, out_dir, events)
     result: dict[str, Any] = {
         "arch": loaded.arch,
         "weights": loaded.weights,
@@ -490,10 +491,10 @@ def _finish(
             result["layers"][layer.alias] = _layer_json(
                 layer, tops[layer.alias], stats, crops.layers[layer.alias], items
             )
-        index = topcrops.draw_outputs(loaded, layers, result, crops, options, out_dir, events)
+        index = draw_outputs(loaded, layers, result, crops, options, out_dir, events)
     finally:
         crops.discard()
-    top_json = writing.save_json(result, out_dir / TOP_JSON)  # last: its presence means done
+    top_json = files.save_json(result, out_dir / TOP_JSON)  # last: its presence means done
     seconds = time.perf_counter() - started
     events.note(f"pass 2: {crops.reruns} input(s) run again, crops and pictures in {seconds:.1f} s")
     return TopResult(scanned, failed, top_json=top_json, index=index)

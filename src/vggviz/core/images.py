@@ -1,7 +1,7 @@
 """Image loading and preparation for the network (Pillow and numpy only).
 
 Everything that can go wrong with an input file is turned into an
-:class:`~vggviz.errors.InputError`, so a batch can report the file and go on.
+:class:`~vggviz.core.errors.InputError`, so a batch can report the file and go on.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from vggviz.errors import InputError, UsageError
+from vggviz.core.errors import InputError, UsageError
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
-from vggviz import render
-from vggviz.render import BACKGROUND, FOREGROUND, MUTED, PAD
+from vggviz.core import drawing
+from vggviz.core.drawing import BACKGROUND, FOREGROUND, MUTED, PAD
 
 CROP_MIN = 88  # smaller crops are enlarged by a whole factor to at least about this (3 px -> 90)
 CROP_MAX = 256  # larger crops (VGG19's deepest layers) are reduced to this
@@ -29,7 +29,7 @@ GAP = 6  # between crops in a row
 STRIP_GAP = 2
 HIGHLIGHT_CMAP = "inferno"
 EMPTY = (40, 40, 46)  # a slot with no image (fewer images than K)
-WARN = (255, 170, 60)  # "never active", in the orange of render.figure's warnings
+WARN = (255, 170, 60)  # "never active", in the orange of drawing.figure's warnings
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,7 @@ def crop_picture(crop: Crop, side: int) -> np.ndarray:
     pixels = crop.pixels
     if crop.heat is not None:
         heat = (np.clip(crop.heat, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-        pixels = render.overlay(pixels, render.colormap(HIGHLIGHT_CMAP)[heat], heat)
+        pixels = drawing.overlay(pixels, drawing.colormap(HIGHLIGHT_CMAP)[heat], heat)
     size = pixels.shape[0]
     if side == size:
         return pixels
@@ -123,7 +123,7 @@ def rows_per_page(row_height: int) -> int:
 
 def _fit(text: str, width: float, size: int) -> str:
     """``text`` shortened in the middle (keeping its end, the extension) to ``width`` px."""
-    f = render.font(size)
+    f = drawing.font(size)
     if f.getlength(text) <= width:
         return text
     keep = len(text)
@@ -145,12 +145,12 @@ def _row_body(row: ChannelRow, k: int, side: int) -> Image.Image:
     height = side + CAPTION_H
     body = Image.new("RGB", (width, height), BACKGROUND)
     draw = ImageDraw.Draw(body)
-    draw.text((8, 2), f"#{row.channel}", font=render.font(22), fill=FOREGROUND)
+    draw.text((8, 2), f"#{row.channel}", font=drawing.font(22), fill=FOREGROUND)
     crops = row.crops[:k]
     if not crops or all(c.value <= 0 for c in crops):
-        draw.text((8, 32), "never", font=render.font(13), fill=WARN)
-        draw.text((8, 48), "active", font=render.font(13), fill=WARN)
-    small = render.font(12)
+        draw.text((8, 32), "never", font=drawing.font(13), fill=WARN)
+        draw.text((8, 48), "active", font=drawing.font(13), fill=WARN)
+    small = drawing.font(12)
     for j in range(k):
         x = LABEL_W + j * (side + GAP)
         if j >= len(crops):
@@ -212,7 +212,7 @@ def layer_pages(
         else:
             span = f"channels #{chunk[0].channel}-#{chunk[-1].channel}"
         heading = f"{alias} ({module})  ·  {span}"
-        pages.append(render.figure(body, [heading, title, how], None, warning))
+        pages.append(drawing.figure(body, [heading, title, how], None, warning))
     return pages
 
 

@@ -1,0 +1,1 @@
+"""Torch-free foundation: vocabulary, values, errors, files, folders, images, inputs, drawing."""

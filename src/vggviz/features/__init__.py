@@ -1,0 +1,1 @@
+"""``vggviz features`` and ``vggviz filters``: feature-map and filter pictures."""

@@ -1,0 +1,1 @@
+"""A VGG with weights: architectures, loading, conv layers, hooks, receptive fields."""

@@ -1,0 +1,1 @@
+"""``vggviz top``: the inputs that excite each channel most, over a folder."""
