@@ -1,0 +1,459 @@
+"""The commands: each turns click's values into one library call and reports its result.
+
+torch is imported only inside commands that run a model, so ``--help`` and usage errors
+answer at once.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from vggviz import __version__
+from vggviz.cli.params import (
+    arch_option,
+    cmap_option,
+    grid_callback,
+    input_options,
+    json_option,
+    model_options,
+    output_dir_option,
+    quiet_option,
+    shard_option,
+)
+from vggviz.cli.terminal import (
+    ExitCode,
+    Terminated,
+    TopProgress,
+    handle_errors,
+    run_features,
+)
+from vggviz.core import vocabulary
+from vggviz.core.vocabulary import ARCHS, ModelSpec
+
+
+def _load(arch: str, weights: str, seed: int, device: str, precision: str):
+    from vggviz.model.loading import load
+
+    loaded, note = load(ModelSpec(arch, weights, seed, device, precision))
+    if note:
+        click.echo(f"vggviz: {note}", err=True)
+    return loaded
+
+
+def _check_cmap(name: str) -> None:
+    from vggviz.core.drawing import check_colormap
+
+    try:
+        check_colormap(name)
+    except ValueError as err:
+        raise click.BadParameter(
+            f"{err}; see matplotlib's colormap list", param_hint="--cmap"
+        ) from None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="vggviz")
+def cli() -> None:
+    """See what a VGG network does: its first-layer filters and what each conv layer makes
+    of a photo, as PNG pictures.
+
+    \b
+    Example:
+        vggviz features photos/ -o outputs/
+        vggviz filters
+        vggviz info
+    """
+
+
+@cli.command()
+@arch_option
+@click.option(
+    "--size",
+    type=click.IntRange(32, 4096),
+    default=224,
+    show_default=True,
+    help="Input height and width used for the output shapes.",
+)
+@handle_errors
+def info(arch: str, size: int) -> None:
+    """Table of every conv layer: alias, module, channels, kernel, output shape, parameters,
+    and what would still learn with the feature extractor frozen.
+
+    \b
+    Example:
+        vggviz info --arch vgg19_bn --size 320
+    """
+    from vggviz.model.info import describe, format_info
+
+    click.echo(format_info(describe(arch, size, size)))
+
+
+@cli.command()
+@model_options
+@click.option(
+    "--layer", default="conv1", show_default=True, help="Which conv layer: conv3, features.7 or 3."
+)
+@click.option(
+    "--view",
+    type=click.Choice(vocabulary.VIEWS),
+    default=None,
+    help="rgb: each 3-channel kernel in colour (default for conv1); channel: one "
+    "input channel, the tutorial's grey picture; mean: mean over input channels "
+    "(default for deeper layers).",
+)
+@click.option(
+    "--channel",
+    type=click.IntRange(0),
+    default=0,
+    show_default=True,
+    help="Input channel drawn by --view channel.",
+)
+@cmap_option("gray", "Colour map for channel/mean.")
+@click.option(
+    "--scale",
+    type=click.Choice(vocabulary.SCALES),
+    default="map",
+    show_default=True,
+    help="map: each kernel on its own scale; layer: one scale for all.",
+)
+@output_dir_option
+@handle_errors
+def filters(
+    arch, weights, seed, device, precision, layer, view, channel, cmap, scale, output_dir
+) -> None:
+    """Draw a conv layer's kernels in a grid (conv1: 64 kernels, 8x8).
+
+    \b
+    Example:
+        vggviz filters                       # conv1 of VGG16-BN, RGB
+        vggviz filters --view channel        # the tutorial's grey picture
+        vggviz filters --layer conv5 --cmap RdBu_r --scale layer
+    """
+    from vggviz.features.filters import draw_filters
+    from vggviz.model.layers import select_layers
+
+    _check_cmap(cmap)
+    loaded = _load(arch, weights, seed, device, precision)
+    picked = select_layers(loaded.layers, layer)
+    if len(picked) != 1:
+        raise click.BadParameter(
+            f"{layer!r} names {len(picked)} layers; name one", param_hint="--layer"
+        )
+    try:
+        path = draw_filters(
+            loaded, picked[0], output_dir, view=view, channel=channel, cmap=cmap, scale=scale
+        )
+    except OSError as err:
+        raise click.ClickException(f"{output_dir}: cannot write ({err.strerror or err})") from None
+    click.echo(str(path))
+
+
+@cli.command()
+@click.argument("images", nargs=-1, required=True)
+@model_options
+@input_options
+@click.option(
+    "--mode",
+    type=click.Choice(vocabulary.MODES),
+    default="network",
+    show_default=True,
+    help="network: the network's real activations; chain: the tutorial's conv-only "
+    "chain (no BatchNorm, ReLU or pooling).",
+)
+@click.option(
+    "--select",
+    type=click.Choice(vocabulary.SELECTS),
+    default=None,
+    help="Channels drawn: top (largest mean activation) or first. "
+    "[default: top; chain mode: first]",
+)
+@click.option(
+    "--grid",
+    default="4x4",
+    show_default=True,
+    callback=grid_callback,
+    help="Tiles per picture: RxC or all (clamped to the layer's channels).",
+)
+@cmap_option(None, "Any matplotlib colour map, e.g. gray, viridis. [default: inferno; chain: gray]")
+@click.option(
+    "--scale",
+    type=click.Choice(vocabulary.SCALES),
+    default=None,
+    help="layer: one robust scale shared by the layer's maps, with a colour bar; map: each "
+    "map stretched on its own. [default: layer; chain: map]",
+)
+@click.option("--overlay", is_flag=True, help="Blend each map, upsampled, over the photo.")
+@click.option(
+    "--overview/--no-overview",
+    default=True,
+    show_default=True,
+    help="Also draw overview.png: every layer's strongest maps on one page.",
+)
+@click.option(
+    "--filters/--no-filters",
+    default=True,
+    show_default=True,
+    help="Also draw the model's conv1 filters once per run, shown atop index.html.",
+)
+@click.option(
+    "--save-raw",
+    is_flag=True,
+    help="Also write maps.npz: every layer's (C, H, W) float32 map, as drawn.",
+)
+@click.option(
+    "--skip-existing",
+    is_flag=True,
+    help="Skip images finished earlier from the same file with the same options.",
+)
+@shard_option("Do only the K-th of N deterministic parts of the inputs.")
+@json_option
+@quiet_option
+@output_dir_option
+@handle_errors
+def features(
+    images,
+    arch,
+    weights,
+    seed,
+    device,
+    precision,
+    mode,
+    stage,
+    size,
+    normalize,
+    layer_spec,
+    select,
+    grid,
+    cmap,
+    scale,
+    overlay,
+    overview,
+    filters,
+    save_raw,
+    batch_size,
+    skip_existing,
+    shard,
+    as_json,
+    quiet,
+    output_dir,
+) -> None:
+    """Draw, for each image and each conv layer, a grid of the layer's feature maps.
+
+    IMAGES are files or folders (walked recursively); - reads paths from stdin (one per line,
+    or NUL-separated as from find -print0). Each image gets a folder in the output directory
+    (cat.jpg -> cat_jpg/) holding 01-conv1.png ... 13-conv13.png, an overview.png and
+    record.json (written last); the run writes manifest.jsonl and index.html.
+
+    \b
+    Example:
+        vggviz features examples/photos/cat.jpg
+        vggviz features photos/ --json --quiet | jq .status
+        find photos -name '*.jpg' -print0 | vggviz features - --shard 1/4 --skip-existing
+    """
+    from vggviz.features import job as job
+
+    request = job.Request(
+        images=images,
+        out_dir=output_dir,
+        model=ModelSpec(arch, weights, seed, device, precision),
+        mode=mode,
+        stage=stage,
+        size=size,
+        normalize=normalize,
+        layers=layer_spec,
+        select=select,
+        grid=grid,
+        cmap=cmap,
+        scale=scale,
+        overlay=overlay,
+        overview=overview,
+        filters=filters,
+        save_raw=save_raw,
+        batch_size=batch_size,
+        skip_existing=skip_existing,
+        shard=shard,
+    )
+    sys.exit(run_features(request, as_json, quiet))
+
+
+@cli.group(invoke_without_command=True)
+@click.option(
+    "--arch",
+    type=click.Choice(ARCHS),
+    default=None,
+    help="Only this architecture (default: all VGGs).",
+)
+@click.pass_context
+@handle_errors
+def weights(ctx: click.Context, arch: str | None) -> None:
+    """Where torchvision's ImageNet weights are expected, and whether they are there.
+
+    For offline compute nodes: download on a machine with internet, copy the file over,
+    then `vggviz weights import FILE`.
+
+    \b
+    Example:
+        vggviz weights
+        vggviz weights download --arch vgg16_bn
+        vggviz weights import vgg16_bn-6c64b313.pth
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from vggviz.model.loading import ARCHS as archs
+    from vggviz.model.loading import imagenet_cache_path
+
+    missing = 0
+    for name in [arch] if arch else archs:
+        path = imagenet_cache_path(name)
+        there = path.is_file()
+        missing += not there
+        click.echo(f"{name:<9} {'present' if there else 'missing'}  {path}")
+    if arch and missing:
+        sys.exit(ExitCode.FAILED)
+
+
+@weights.command("download")
+@arch_option
+@handle_errors
+def weights_download(arch: str) -> None:
+    """Fetch the ImageNet weights into torchvision's cache (TORCH_HOME).
+
+    \b
+    Example:
+        vggviz weights download --arch vgg16_bn
+    """
+    from vggviz.model.loading import download_imagenet
+
+    click.echo(str(download_imagenet(arch)))
+
+
+@weights.command("import")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@handle_errors
+def weights_import(file: Path) -> None:
+    """Check a copied checkpoint against torchvision's hash and put it in the cache.
+
+    \b
+    Example:
+        vggviz weights import /mnt/usb/vgg16_bn-6c64b313.pth
+    """
+    from vggviz.model.loading import import_weights
+
+    arch, path = import_weights(file)
+    click.echo(f"{arch}: {path}")
+
+
+@cli.command()
+@click.argument("images", nargs=-1, required=True)
+@model_options
+@input_options
+@click.option(
+    "-k",
+    "--top",
+    "k",
+    type=click.IntRange(1, 100),
+    default=9,
+    show_default=True,
+    help="Images kept per channel.",
+)
+@click.option(
+    "--reduce",
+    type=click.Choice(vocabulary.REDUCES),
+    default="max",
+    show_default=True,
+    help="A map's value: max (its strongest unit, which is cropped) or mean (cropped at its "
+    "strongest unit too).",
+)
+@click.option("--highlight", is_flag=True, help="Draw the map, upsampled, over each crop.")
+@click.option(
+    "--checkpoint-every",
+    type=click.IntRange(1),
+    default=100,
+    show_default=True,
+    help="Inputs between two checkpoints of the scan (a killed scan resumes from the last).",
+)
+@shard_option("Scan only the K-th of N deterministic parts and leave a partial result for --merge.")
+@click.option(
+    "--merge",
+    is_flag=True,
+    help="Combine the partial results of all N shards in -o (same IMAGES and options), "
+    "then crop and draw.",
+)
+@quiet_option
+@output_dir_option
+@handle_errors
+def top(
+    images,
+    arch,
+    weights,
+    seed,
+    device,
+    precision,
+    stage,
+    size,
+    normalize,
+    layer_spec,
+    k,
+    reduce,
+    highlight,
+    batch_size,
+    checkpoint_every,
+    shard,
+    merge,
+    quiet,
+    output_dir,
+) -> None:
+    """For every channel, the K images of a folder that excite it most, each cropped to the
+    receptive field of its strongest unit.
+
+    Writes top.json, one or more pages per layer (top-pages/), a strip per channel
+    (top-strips/), the images-by-channels matrix (top-matrix/) and index.html. The scan
+    checkpoints in -o and resumes when run again with the same options.
+
+    \b
+    Example:
+        vggviz top photos/ --layers conv10-conv13 -o top/
+        vggviz top photos/ -o top/ --shard 2/8      # one part, on one node
+        vggviz top photos/ -o top/ --merge          # then all parts together
+    """
+    from vggviz.top import job as job
+
+    request = job.TopRequest(
+        images=images,
+        out_dir=output_dir,
+        model=ModelSpec(arch, weights, seed, device, precision),
+        layers=layer_spec,
+        options=job.TopOptions(
+            stage=stage,
+            reduce=reduce,
+            k=k,
+            size=size,
+            normalize=normalize,
+            highlight=highlight,
+            batch_size=batch_size,
+            checkpoint_every=checkpoint_every,
+        ),
+        shard=shard,
+        merge=merge,
+    )
+    events = TopProgress(quiet)
+    try:
+        with events:
+            result = job.run(request, events)
+    except KeyboardInterrupt as stop:
+        click.echo("\ninterrupted: run the same command again to resume the scan", err=True)
+        sys.exit(ExitCode.TERMINATED if isinstance(stop, Terminated) else ExitCode.INTERRUPTED)
+    failed = len(result.failed)
+    done = f"{result.scanned} scanned, {len(result.failed)} failed"
+    if result.scan_dir is not None:
+        summary = f"{done} · partial result in {result.scan_dir}{os.sep} (then --merge)"
+    else:
+        summary = f"{done} · {result.top_json}"
+        summary += f" · open {result.index}" if result.index else ""
+    if not quiet or failed:
+        click.echo(summary, err=True)
+    sys.exit(ExitCode.FAILED if failed else ExitCode.OK)

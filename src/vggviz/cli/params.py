@@ -1,0 +1,188 @@
+"""Option declarations shared by the commands, and their callbacks.
+
+Each option is declared once here; a callback turns a library check's UsageError into click's
+BadParameter, which names the option (exit 2). Library messages never spell a flag: the error's
+``param`` names the option, and :func:`flag` spells it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from vggviz.core import values as checks
+from vggviz.core import vocabulary
+from vggviz.core.errors import UsageError
+from vggviz.core.vocabulary import ARCHS
+
+Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
+
+# a library error's ``param`` (the Python name of an option) -> its command-line spelling
+_SPELLING = {"output_dir": "-o/--output-dir", "k": "-k/--top", "layers": "--layers"}
+
+
+def flag(param: str) -> str:
+    """The command-line spelling of the option a library error names (``shard`` -> --shard)."""
+    return _SPELLING.get(param, "--" + param.replace("_", "-"))
+
+
+def checked(check: Callable[[Any], Any]) -> Callable[[click.Context, click.Parameter, Any], Any]:
+    """An option callback from a library check: its UsageError becomes click's BadParameter,
+    which names the option (exit 2)."""
+
+    def callback(_ctx: click.Context, _param: click.Parameter, value: Any) -> Any:
+        if value is None:
+            return None
+        try:
+            return check(value)
+        except UsageError as err:
+            raise click.BadParameter(str(err)) from None
+
+    return callback
+
+
+def _grid(spec: str) -> str:
+    checks.parse_grid(spec)
+    return spec.strip().lower()
+
+
+def _shard(text: str) -> str:
+    checks.parse_shard(text)
+    return text
+
+
+def _check_weights(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
+    if value in ("imagenet", "random") or Path(value).suffix.lower() in (".pth", ".pt"):
+        return value
+    if Path(value).exists():
+        return value
+    raise click.BadParameter(f"{value!r}: expected imagenet, random or a .pth/.pt file")
+
+
+def stacked(options: list[Decorator], func: Callable[..., Any]) -> Callable[..., Any]:
+    """``func`` under every option decorator, listed in the order --help shows them."""
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+arch_option = click.option(
+    "--arch",
+    type=click.Choice(ARCHS),
+    default="vgg16_bn",
+    show_default=True,
+    help="torchvision VGG architecture.",
+)
+
+output_dir_option = click.option(
+    "-o",
+    "--output-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("outputs"),
+    show_default=True,
+    help="Folder for the pictures (created if missing).",
+)
+
+quiet_option = click.option(
+    "-q", "--quiet", is_flag=True, help="No progress bar or summary on stderr."
+)
+
+json_option = click.option(
+    "--json", "as_json", is_flag=True, help="One JSON object per input on stdout (JSON Lines)."
+)
+
+
+def shard_option(help: str) -> Decorator:
+    """--shard K/N, with the command's own description of what a part does."""
+    return click.option("--shard", default=None, metavar="K/N", callback=checked(_shard), help=help)
+
+
+def cmap_option(default: str | None, help: str) -> Decorator:
+    """--cmap; the name is checked against matplotlib's maps when the command runs."""
+    return click.option("--cmap", default=default, show_default=default is not None, help=help)
+
+
+grid_callback = checked(_grid)
+
+
+def input_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """--stage, --size, --normalize, --layers, --batch-size: how images meet the network, for
+    every command that runs it over images."""
+    options = [
+        click.option(
+            "--stage",
+            type=click.Choice(vocabulary.STAGES),
+            default="relu",
+            show_default=True,
+            help="Network mode: take each map after the conv, its BN or its ReLU.",
+        ),
+        click.option(
+            "--size",
+            type=click.IntRange(32, 4096),
+            default=224,
+            show_default=True,
+            help="Resize so the shorter side is this many pixels (aspect kept).",
+        ),
+        click.option(
+            "--normalize/--no-normalize",
+            default=True,
+            show_default=True,
+            help="ImageNet mean/std normalisation (--no-normalize: plain [0, 1], as the tutorial).",
+        ),
+        click.option(
+            "--layers",
+            "layer_spec",
+            default="all",
+            show_default=True,
+            help="Which conv layers: all, or e.g. conv1,conv5-conv7.",
+        ),
+        click.option(
+            "--batch-size",
+            type=click.IntRange(1, 256),
+            default=1,
+            show_default=True,
+            help="Images of equal size sent through the network together.",
+        ),
+    ]
+    return stacked(options, func)
+
+
+def model_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """--arch, --weights, --seed, --device, --precision: shared by every model command."""
+    options = [
+        arch_option,
+        click.option(
+            "--weights",
+            default="imagenet",
+            show_default=True,
+            callback=_check_weights,
+            help="imagenet (torchvision's cache, downloaded if missing), random, "
+            "or a state-dict file (.pth/.pt).",
+        ),
+        click.option(
+            "--seed",
+            type=int,
+            default=0,
+            show_default=True,
+            callback=checked(checks.check_seed),
+            help="Seed for --weights random: torch.manual_seed(N) before building.",
+        ),
+        click.option(
+            "--device",
+            default="auto",
+            show_default=True,
+            callback=checked(checks.parse_device),
+            help="auto (CUDA when available), cpu, cuda or cuda:N.",
+        ),
+        click.option(
+            "--precision",
+            type=click.Choice(vocabulary.PRECISIONS),
+            default="fp32",
+            show_default=True,
+            help="Arithmetic of the forward pass.",
+        ),
+    ]
+    return stacked(options, func)
