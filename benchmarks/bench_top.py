@@ -106,8 +106,10 @@ def speed_runs(args: argparse.Namespace, work: Path) -> list[str]:
     from vggviz.core import images, inputs
     from vggviz.model.layers import select_layers
     from vggviz.model.loading import load_model
-    from vggviz.top.job import TopOptions, reduce_batch, reducing_hooks, run_top
+    from vggviz.top.job import run_top
     from vggviz.top.ranking import TopK
+    from vggviz.top.request import TopOptions
+    from vggviz.top.scan import reduce_batch, reducing_hooks
 
     loaded = load_model(args.arch, args.weights, device="cpu")
     layers = select_layers(loaded.layers, args.layers)

@@ -22,8 +22,8 @@ from vggviz.cli import cli
 from vggviz.model.loading import build
 from vggviz.model.receptive import ReceptiveField
 from vggviz.top.crops import cut, heat, pad_colour
-from vggviz.top.job import REDUCES
 from vggviz.top.ranking import NO_INPUT, TopK, channel_stats
+from vggviz.top.request import REDUCES
 
 # --- the pieces ----------------------------------------------------------------------------
 

@@ -1,7 +1,6 @@
 """Pass 2 of ``vggviz top``: run each chosen input once more, check it still gives the value
 the scan recorded, and cut the receptive field of its winning unit out of the resized photo;
-then draw the layer pages and channel strips (:mod:`vggviz.top.pictures`) and index.html
-(:mod:`vggviz.top.index_page`).
+the pages, strips and index are drawn from them by :mod:`vggviz.top.pictures`.
 
 A layer's crops can be large (VGG16 conv13: 512 channels x 9 crops of 196 x 196 px, 530 MB),
 so they wait in scratch files beside the outputs, not in memory, and are read back a group
@@ -14,18 +13,16 @@ import shutil
 import tempfile
 from collections import defaultdict
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from vggviz.core import files, images
+from vggviz.core import images
 from vggviz.core.errors import InputError
 from vggviz.core.inputs import InputItem
-from vggviz.features.pictures import random_warning
 from vggviz.model.hooks import network_maps
 from vggviz.model.layers import ConvLayer
 from vggviz.model.loading import LoadedModel
@@ -33,12 +30,9 @@ from vggviz.model.receptive import ReceptiveField, layer_field
 from vggviz.top.ranking import NO_INPUT, TopK
 
 if TYPE_CHECKING:
-    from vggviz.top.job import TopEvents, TopOptions
+    from vggviz.top.request import TopEvents, TopOptions
 
 RELATIVE_TOLERANCE = 1e-3
-PAGES_DIR = "top-pages"
-STRIPS_DIR = "top-strips"
-DRAW_GROUP = 32  # channels whose crops and pages are in memory at once while drawing
 
 
 class CropStore:
@@ -242,84 +236,3 @@ def _rerun(
         target.boxes[c, r] = target.field.box(row, col, height, width)
         glow = heat(fmap, target.field, window, (height, width)) if options.highlight else None
         target.store.put(c, r, cut(pixels, window, fill), glow)
-
-
-# --- pictures and index ------------------------------------------------------------------
-
-
-def draw_outputs(
-    loaded: LoadedModel,
-    layers: Sequence[ConvLayer],
-    result: dict[str, Any],
-    crops: Crops,
-    options: TopOptions,
-    out_dir: Path,
-    events: TopEvents,
-) -> Path:
-    """Pages per layer, one strip per channel, and index.html; returns the index's path."""
-    from vggviz.top import index_page, pictures
-
-    events.phase("pictures", sum(len(result["layers"][la.alias]["channels"]) for la in layers))
-
-    warning = random_warning(loaded.random, loaded.weights)
-    pages: dict[str, list[str]] = {}
-    strips: dict[str, dict[int, str]] = {}
-    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="vggviz-png") as encoder:
-        for layer in layers:
-            alias = layer.alias
-            channels = result["layers"][alias]["channels"]
-            target = crops.layers[alias]
-            pages[alias], strips[alias] = [], {}
-            for stale in (out_dir / PAGES_DIR).glob(f"{layer.index:02d}-{alias}-*.*"):
-                stale.unlink()  # an earlier run's pages of this layer (it may have had more)
-            for first in range(0, len(channels), DRAW_GROUP):
-                stop = min(first + DRAW_GROUP, len(channels))
-                pixels, glow = target.store.get(first, stop)
-                rows = [
-                    pictures.ChannelRow(
-                        channel=ch["channel"],
-                        crops=[
-                            pictures.Crop(
-                                pixels=pixels[i, r],
-                                name=Path(entry["input"]).name,
-                                value=entry["value"],
-                                heat=None if glow is None else glow[i, r],
-                            )
-                            for r, entry in enumerate(ch["top"])
-                        ],
-                    )
-                    for i, ch in enumerate(channels[first:stop])
-                ]
-                title = (
-                    f"{loaded.arch}, weights {loaded.weights}  ·  {result['images']} images  ·  "
-                    f"{options.reduce} of each map at {options.stage}"
-                )
-                done: list[Future[Path]] = []
-                for image in pictures.layer_pages(
-                    alias,
-                    layer.name,
-                    target.field.size,
-                    rows,
-                    k=options.k,
-                    title=title,
-                    warning=warning,
-                ):
-                    number = len(pages[alias]) + 1  # JPEG: pages are photos (crops), see save_jpeg
-                    name = f"{PAGES_DIR}/{layer.index:02d}-{alias}-{number:02d}.jpg"
-                    pages[alias].append(name)
-                    done.append(encoder.submit(files.save_jpeg, image, out_dir / name))
-                for row in rows:
-                    name = f"{STRIPS_DIR}/{alias}/{row.channel:04d}.jpg"
-                    strips[alias][row.channel] = name
-                    done.append(encoder.submit(_save_strip, row, options.k, out_dir / name))
-                for future in done:
-                    future.result()
-                events.advance(len(rows))
-    return index_page.write_top_index(out_dir, result, pages=pages, strips=strips)
-
-
-def _save_strip(row: Any, k: int, path: Path) -> Path:
-    """Drawn and encoded on a worker thread: Pillow's resizing and encoding release the GIL."""
-    from vggviz.top import pictures
-
-    return files.save_jpeg(pictures.channel_strip(row, k=k), path, quality=85)

@@ -4,20 +4,31 @@ A layer page has one row per channel: its number at the left, then its top K cro
 first, each labelled with the image's name and the channel's value on it. The crop is the
 receptive field of the winning unit, so it shows what the channel responded to; crops of
 the first layers are only a few pixels wide and are enlarged with nearest-neighbour (sharp
-blocks, no invented detail). numpy and Pillow only: no torch, no click.
+blocks, no invented detail). :func:`draw_outputs` draws and writes a run's pages, strips and
+index.html from pass 2's crops. numpy and Pillow only: no torch, no click.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from vggviz.core import drawing
+from vggviz.core import drawing, files
 from vggviz.core.drawing import BACKGROUND, FOREGROUND, MUTED, PAD
+from vggviz.features.pictures import random_warning
+
+if TYPE_CHECKING:
+    from vggviz.model.layers import ConvLayer
+    from vggviz.model.loading import LoadedModel
+    from vggviz.top.crops import Crops
+    from vggviz.top.request import TopEvents, TopOptions
 
 CROP_MIN = 88  # smaller crops are enlarged by a whole factor to at least about this (3 px -> 90)
 CROP_MAX = 256  # larger crops (VGG19's deepest layers) are reduced to this
@@ -30,6 +41,9 @@ STRIP_GAP = 2
 HIGHLIGHT_CMAP = "inferno"
 EMPTY = (40, 40, 46)  # a slot with no image (fewer images than K)
 WARN = (255, 170, 60)  # "never active", in the orange of drawing.figure's warnings
+PAGES_DIR = "top-pages"
+STRIPS_DIR = "top-strips"
+DRAW_GROUP = 32  # channels whose crops and pages are in memory at once while drawing
 
 
 @dataclass(frozen=True)
@@ -231,3 +245,82 @@ def channel_strip(row: ChannelRow, *, k: int, height: int = 96) -> Image.Image:
         else:
             strip.paste(EMPTY, (x, 0, x + height, height))
     return strip
+
+
+# --- a run's pictures, drawn and written ----------------------------------------------------
+
+
+def draw_outputs(
+    loaded: LoadedModel,
+    layers: Sequence[ConvLayer],
+    result: dict[str, Any],
+    crops: Crops,
+    options: TopOptions,
+    out_dir: Path,
+    events: TopEvents,
+) -> Path:
+    """Pages per layer, one strip per channel, and index.html; returns the index's path."""
+    from vggviz.top import index_page
+
+    events.phase("pictures", sum(len(result["layers"][la.alias]["channels"]) for la in layers))
+
+    warning = random_warning(loaded.random, loaded.weights)
+    pages: dict[str, list[str]] = {}
+    strips: dict[str, dict[int, str]] = {}
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="vggviz-png") as encoder:
+        for layer in layers:
+            alias = layer.alias
+            channels = result["layers"][alias]["channels"]
+            target = crops.layers[alias]
+            pages[alias], strips[alias] = [], {}
+            for stale in (out_dir / PAGES_DIR).glob(f"{layer.index:02d}-{alias}-*.*"):
+                stale.unlink()  # an earlier run's pages of this layer (it may have had more)
+            for first in range(0, len(channels), DRAW_GROUP):
+                stop = min(first + DRAW_GROUP, len(channels))
+                pixels, glow = target.store.get(first, stop)
+                rows = [
+                    ChannelRow(
+                        channel=ch["channel"],
+                        crops=[
+                            Crop(
+                                pixels=pixels[i, r],
+                                name=Path(entry["input"]).name,
+                                value=entry["value"],
+                                heat=None if glow is None else glow[i, r],
+                            )
+                            for r, entry in enumerate(ch["top"])
+                        ],
+                    )
+                    for i, ch in enumerate(channels[first:stop])
+                ]
+                title = (
+                    f"{loaded.arch}, weights {loaded.weights}  ·  {result['images']} images  ·  "
+                    f"{options.reduce} of each map at {options.stage}"
+                )
+                done: list[Future[Path]] = []
+                for image in layer_pages(
+                    alias,
+                    layer.name,
+                    target.field.size,
+                    rows,
+                    k=options.k,
+                    title=title,
+                    warning=warning,
+                ):
+                    number = len(pages[alias]) + 1  # JPEG: pages are photos (crops), see save_jpeg
+                    name = f"{PAGES_DIR}/{layer.index:02d}-{alias}-{number:02d}.jpg"
+                    pages[alias].append(name)
+                    done.append(encoder.submit(files.save_jpeg, image, out_dir / name))
+                for row in rows:
+                    name = f"{STRIPS_DIR}/{alias}/{row.channel:04d}.jpg"
+                    strips[alias][row.channel] = name
+                    done.append(encoder.submit(_save_strip, row, options.k, out_dir / name))
+                for future in done:
+                    future.result()
+                events.advance(len(rows))
+    return index_page.write_top_index(out_dir, result, pages=pages, strips=strips)
+
+
+def _save_strip(row: Any, k: int, path: Path) -> Path:
+    """Drawn and encoded on a worker thread: Pillow's resizing and encoding release the GIL."""
+    return files.save_jpeg(channel_strip(row, k=k), path, quality=85)
