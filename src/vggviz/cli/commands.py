@@ -133,7 +133,7 @@ def filters(
         vggviz filters --view channel        # the tutorial's grey picture
         vggviz filters --layer conv5 --cmap RdBu_r --scale layer
     """
-    from vggviz.features.filters import draw_filters
+    from vggviz.features.pictures import draw_filters
     from vggviz.model.layers import select_layers
 
     _check_cmap(cmap)

@@ -7,101 +7,17 @@ progress and maps errors to exit codes.
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 from vggviz.core import folders, inputs, memory, values
 from vggviz.core.errors import OutputError, UsageError, write_error
 from vggviz.core.folders import Record
-from vggviz.core.vocabulary import IMAGENET_FILES, STYLE_DEFAULTS, ModelSpec
+from vggviz.features.request import Hooks, Request, Summary, style_for, weights_identity
 
-
-@dataclass(frozen=True)
-class Request:
-    """Everything ``vggviz features`` was asked to do (the CLI's options, parsed)."""
-
-    images: Sequence[str]
-    out_dir: Path = Path("outputs")
-    model: ModelSpec = field(default_factory=ModelSpec)
-    mode: str = "network"
-    stage: str = "relu"
-    size: int = 224
-    normalize: bool = True
-    layers: str = "all"
-    select: str | None = None  # None: the mode's default (STYLE_DEFAULTS)
-    grid: str = "4x4"
-    cmap: str | None = None
-    scale: str | None = None
-    overlay: bool = False
-    overview: bool = True
-    filters: bool = True
-    save_raw: bool = False
-    batch_size: int = 1
-    skip_existing: bool = False
-    shard: str | None = None
-
-
-@dataclass
-class Summary:
-    """How a run went, for the closing line and the exit code."""
-
-    total: int  # inputs this run (or shard) had to do
-    ok: int = 0
-    error: int = 0
-    skipped: int = 0
-    problems: list[str] = field(default_factory=list)  # folders that could not be listed
-    complete: bool = True  # False: stopped early (a signal, a full disk, stdout gone)
-    disk_full: str | None = None
-    index: Path | None = None
-    manifest: Path | None = None
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def finished(self) -> int:
-        return self.ok + self.error + self.skipped
-
-    def line(self) -> str:
-        return f"{self.ok} done, {self.error} failed, {self.skipped} skipped"
-
-
-@dataclass(frozen=True)
-class Hooks:
-    """How the job talks back to its caller while it runs."""
-
-    on_record: Callable[[Record], None] = lambda _record: None
-    on_start: Callable[[int], None] = lambda _total: None  # model loaded, N inputs to go
-    on_note: Callable[[str], None] = lambda _text: None
-    should_stop: Callable[[], bool] = lambda: False
-
-
-def style_for(request: Request) -> dict[str, Any]:
-    """The picture options, with the mode's defaults where none were given."""
-    defaults = STYLE_DEFAULTS[request.mode]
-    return {
-        "select": request.select or defaults["select"],
-        "grid": request.grid.strip().lower(),
-        "cmap": request.cmap or defaults["cmap"],
-        "scale": request.scale or defaults["scale"],
-        "overlay": request.overlay,
-    }
-
-
-def weights_identity(arch: str, weights: str, seed: int) -> str:
-    """What the weights are, for the fingerprint: a file is known by path, size and mtime."""
-    if weights == "random":
-        return f"random:{seed}"
-    if weights == "imagenet":
-        return f"imagenet:{IMAGENET_FILES[arch]}"
-    try:
-        st = os.stat(weights)
-    except OSError:
-        return f"file:{weights}"
-    return f"file:{os.path.realpath(weights)}:{st.st_size}:{st.st_mtime_ns}"
+__all__ = ["Hooks", "Request", "Summary", "run"]
 
 
 def prepare_output(out_dir: Path) -> None:
@@ -128,8 +44,9 @@ def plan(
     return work, found, shard
 
 
-def run(request: Request, hooks: Hooks = Hooks(), stdin: BinaryIO | None = None) -> Summary:
+def run(request: Request, hooks: Hooks | None = None, stdin: BinaryIO | None = None) -> Summary:
     """Do the whole job; see the module's docstring."""
+    hooks = hooks or Hooks()
     from vggviz.core.drawing import check_colormap
 
     style = style_for(request)
@@ -223,7 +140,7 @@ def _write_run(loaded, layers, work, job, request, suffix, run_info, summary, ho
     """The engine between the run's own files: filters first, manifest as it goes, index last."""
     from vggviz.core import files
     from vggviz.features import engine, index_page
-    from vggviz.features.filters import draw_filters
+    from vggviz.features.pictures import draw_filters
 
     out_dir = request.out_dir
     for name in (folders.manifest_name(suffix), folders.index_name(suffix)):

@@ -1,16 +1,25 @@
 """The three pictures vggviz draws: a layer's feature-map grid, a layer's filters, and the
-whole-network overview. Inputs are numpy arrays; outputs PIL images."""
+whole-network overview. Inputs are numpy arrays; outputs PIL images. :func:`draw_filters`
+writes a loaded model's filters picture, for ``vggviz filters`` and for the run summary that
+``vggviz features`` writes beside its index."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
-from vggviz.core import drawing
+from vggviz.core import drawing, files, folders
 from vggviz.core.drawing import BACKGROUND, FOREGROUND, MUTED, PAD, ColourBar
+from vggviz.core.errors import UsageError
+
+if TYPE_CHECKING:
+    from vggviz.model.layers import ConvLayer
+    from vggviz.model.loading import LoadedModel
 
 
 @dataclass(frozen=True)
@@ -243,3 +252,39 @@ def overview_picture(
         else "one scale per layer (0.5-99.9th pct of the maps shown)",
     ]
     return drawing.figure(stacked, title, None, random_warning(caption.random, caption.weights))
+
+
+def draw_filters(
+    loaded: LoadedModel,
+    layer: ConvLayer,
+    out_dir: Path,
+    *,
+    view: str | None = None,
+    channel: int = 0,
+    cmap: str = "gray",
+    scale: str = "map",
+    suffix: str = "",
+) -> Path:
+    """Write ``filters-<alias>[-<view>][<suffix>].png`` in ``out_dir`` and return its path.
+
+    ``view`` defaults to ``rgb`` for a layer that reads 3 channels (conv1 reads the photo,
+    so its kernels are colours) and to ``mean`` elsewhere.
+    """
+    weight = layer.module.weight.detach().float().cpu().numpy()
+    view = view or ("rgb" if weight.shape[1] == 3 else "mean")
+    try:
+        image = filters_picture(
+            weight,
+            alias=layer.alias,
+            module=layer.name,
+            weights=loaded.weights,
+            random=loaded.random,
+            view=view,
+            channel=channel,
+            cmap=cmap,
+            scale=scale,
+        )
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    name = folders.filters_name(layer.alias, view).removesuffix(".png") + f"{suffix}.png"
+    return files.save_png(image, out_dir / name)
