@@ -13,8 +13,9 @@ from pathlib import Path, PurePosixPath
 import pytest
 
 from vggviz.core import folders
-from vggviz.core.folders import Held, claim, dumps, folder_name, output_dirs
+from vggviz.core.folders import Held, claim, folder_name, output_dirs
 from vggviz.core.inputs import InputItem, discover
+from vggviz.core.text import dumps
 
 
 def item(path: str, rel: str | None = None) -> InputItem:

@@ -58,7 +58,7 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def shown(text: str) -> str:
-    from vggviz.core.folders import display
+    from vggviz.core.text import display
 
     return display(text)
 
@@ -69,7 +69,7 @@ def note(quiet: bool, message: str) -> None:
 
 
 def reason(err: OSError) -> str:
-    from vggviz.core.errors import os_reason
+    from vggviz.core.text import reason as os_reason
 
     return os_reason(err)
 
@@ -175,7 +175,7 @@ def run_features(request: Any, as_json: bool, quiet: bool) -> int:
 
 
 def records_dumps(record: Any) -> str:
-    from vggviz.core.folders import dumps
+    from vggviz.core.text import dumps
 
     return dumps(record)
 

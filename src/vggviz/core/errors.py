@@ -41,17 +41,3 @@ class InputError(VggvizError):
 
 class OutputError(VggvizError):
     """The run's own outputs (folder, manifest, index, filters picture) cannot be written."""
-
-
-def os_reason(err: OSError) -> str:
-    """The short reason of an OS error, as a user reads it: "no space left on device"."""
-    if err.strerror:
-        return err.strerror[0].lower() + err.strerror[1:]
-    return str(err) or type(err).__name__
-
-
-def write_error(path: object, err: OSError) -> str:
-    """``<path>: cannot write (<reason>)``, for any OS error while writing."""
-    from vggviz.core.folders import display
-
-    return f"{display(str(path))}: cannot write ({os_reason(err)})"

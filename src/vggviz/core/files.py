@@ -22,7 +22,7 @@ from typing import IO, Any
 import numpy as np
 from PIL import Image
 
-from vggviz.core.folders import dumps
+from vggviz.core.text import dumps
 
 TMP_SUFFIX = ".vggviz-tmp"
 PNG_COMPRESS_LEVEL = 1  # 5x faster than Pillow's default, a few % larger
@@ -53,7 +53,7 @@ def _temporary(path: Path) -> tuple[int, str]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:200]}.", suffix=TMP_SUFFIX, dir=path.parent)
     try:
         os.fchmod(fd, FILE_MODE)
-        _lock(fd)
+        try_lock(fd, tmp)
     except BaseException:
         os.close(fd)
         Path(tmp).unlink(missing_ok=True)
@@ -61,17 +61,75 @@ def _temporary(path: Path) -> tuple[int, str]:
     return fd, tmp
 
 
-def _lock(fd: int) -> bool:
-    """Take an exclusive lock without waiting; False when someone else holds it. File systems
-    without locks count as unlocked (there is nothing better to go on)."""
+# --- locks: one flock helper for temporaries, image folders and runs -------------------------
+
+LOCKS_UNSUPPORTED = (errno.ENOLCK, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EBADF)
+_unguarded: list[str] = []
+
+
+class Held(Exception):
+    """Another live process holds the lock; ``pid`` is its process id when it wrote one."""
+
+    def __init__(self, message: str, pid: int | None = None) -> None:
+        super().__init__(message)
+        self.pid = pid
+
+
+def try_lock(fd: int, what: object = "") -> bool:
+    """Take an exclusive flock on ``fd`` without waiting; False when someone else holds it.
+    A file system without locks counts as held (there is nothing better to go on), and
+    :func:`locks_supported` says so from then on."""
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         return False
     except OSError as err:
-        if err.errno not in (errno.ENOLCK, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        if err.errno not in LOCKS_UNSUPPORTED:
             raise
+        _unguarded.append(str(what))
     return True
+
+
+def locks_supported() -> bool:
+    """False once a lock had to go ahead unguarded (a file system without flock)."""
+    return not _unguarded
+
+
+def hold(lock: Path) -> int:
+    """An open descriptor of ``lock`` (created if needed, never through a symlink) that holds
+    its flock, with our pid written in it. Raises :class:`Held` when another live process
+    holds it; the kernel drops the lock when its holder dies."""
+    for _ in range(100):  # retried only while another run removes the lock file under us
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o666)
+        try:
+            locked = try_lock(fd, lock)
+        except OSError:
+            os.close(fd)
+            raise
+        if not locked:
+            pid = _read_pid(fd)
+            os.close(fd)
+            holder = f" (pid {pid})" if pid else ""
+            raise Held(f"another vggviz run{holder} is writing it", pid)
+        try:
+            same = os.fstat(fd).st_ino == os.stat(lock, follow_symlinks=False).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            with contextlib.suppress(OSError):  # the pid only helps messages; a full disk
+                os.ftruncate(fd, 0)  # must not stop the claim
+                os.write(fd, f"{os.getpid()}\n".encode())
+            return fd
+        os.close(fd)  # the holder released and removed it between our open and lock
+    raise Held("its lock file keeps changing")
+
+
+def _read_pid(fd: int) -> int | None:
+    try:
+        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
 
 
 @contextmanager
@@ -110,7 +168,7 @@ def save_jpeg(image: Image.Image, path: Path, quality: int = 90) -> Path:
 
 
 def save_json(obj: object, path: Path) -> Path:
-    """JSON that stays valid whatever the names in it (see :func:`vggviz.core.folders.dumps`)."""
+    """JSON that stays valid whatever the names in it (see :func:`vggviz.core.text.dumps`)."""
     with atomic_file(path, "w") as f:
         f.write(dumps(obj, indent=1) + "\n")
     return path
@@ -134,7 +192,7 @@ def clean_temporaries(folder: Path, name: str = "") -> int:
         except OSError:
             continue
         try:
-            if _lock(fd):
+            if try_lock(fd, entry.path):
                 Path(entry.path).unlink(missing_ok=True)
                 removed += 1
         except OSError:

@@ -23,8 +23,6 @@ recognised, and how runs that share a folder keep out of each other's way.
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import hashlib
 import itertools
 import json
@@ -33,6 +31,11 @@ import re
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol, TypedDict
+
+from vggviz.core.files import Held, hold, locks_supported
+from vggviz.core.text import dumps
+
+__all__ = ["Held", "locks_supported"]  # with the claims below: one lock helper, in files
 
 FORMAT = 2  # bump when the pictures of the same options change, so old folders are redone
 
@@ -144,23 +147,6 @@ def finished(folder: Path, print_: str, ident: Identity) -> Record | None:
     return record if record.get("identity") == ident else None  # type: ignore[return-value]
 
 
-# --- JSON ----------------------------------------------------------------------------------
-
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def dumps(obj: object, **kwargs: Any) -> str:
-    """JSON text that is valid UTF-8 whatever the file names: lone surrogates (undecodable
-    bytes of a name) become ``\\uXXXX`` escapes. NaN and Inf are refused (not JSON)."""
-    text = json.dumps(obj, ensure_ascii=False, allow_nan=False, **kwargs)
-    return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
-
-
-def display(text: str) -> str:
-    """A name fit for a picture, a page or a terminal: undecodable bytes shown as U+FFFD."""
-    return os.fsencode(text).decode("utf-8", "replace") if _SURROGATE.search(text) else text
-
-
 # --- claims --------------------------------------------------------------------------------
 
 
@@ -187,13 +173,6 @@ class Claim:
             self._fd = None
 
 
-class Held(Exception):
-    """Another live run holds the folder."""
-
-
-LOCKS_UNSUPPORTED = (errno.ENOLCK, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EBADF)
-
-
 def claim(folder: Path) -> Claim:
     """Create ``folder`` if needed and hold it. Raises :class:`Held` when another live run
     does, OSError when the folder cannot be made or locked. On a file system without locks
@@ -208,35 +187,6 @@ def claim(folder: Path) -> Claim:
                 _unlink(folder / LOCK)
                 folder.rmdir()
         raise
-
-
-def hold(lock: Path) -> int:
-    """An open descriptor of ``lock`` (created if needed) that holds its flock, with our pid
-    written in it. Raises :class:`Held` when another live process holds it."""
-    for _ in range(100):  # retried only while another run removes the lock file under us
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o666)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _read_pid(fd)
-            os.close(fd)
-            raise Held(f"another vggviz run{holder} is writing it") from None
-        except OSError as err:
-            if err.errno not in LOCKS_UNSUPPORTED:
-                os.close(fd)
-                raise
-            _unguarded.append(str(lock))
-        try:
-            same = os.fstat(fd).st_ino == os.stat(lock, follow_symlinks=False).st_ino
-        except FileNotFoundError:
-            same = False
-        if same:
-            with contextlib.suppress(OSError):  # the pid only helps messages; a full disk
-                os.ftruncate(fd, 0)  # must not stop the claim
-                os.write(fd, f"{os.getpid()}\n".encode())
-            return fd
-        os.close(fd)  # the holder released and removed it between our open and lock
-    raise Held("its lock file keeps changing")
 
 
 class RunClaim:
@@ -266,22 +216,6 @@ def claim_run(out_dir: Path, shard: tuple[int, int] | None) -> RunClaim:
 
 def _run_lock(suffix: str) -> str:
     return f".vggviz-run{suffix}.lock"
-
-
-_unguarded: list[str] = []
-
-
-def locks_supported() -> bool:
-    """False once a claim had to go ahead without a lock (a file system without flock)."""
-    return not _unguarded
-
-
-def _read_pid(fd: int) -> str:
-    try:
-        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
-    except OSError:
-        return ""
-    return f" (pid {text})" if text.isdigit() else ""
 
 
 def _unlink(path: Path) -> None:

@@ -6,8 +6,6 @@ Everything that can go wrong with an input file is turned into an
 
 from __future__ import annotations
 
-import errno
-import os
 import re
 import stat
 import warnings
@@ -17,6 +15,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from vggviz.core.errors import InputError, UsageError
+from vggviz.core.text import read_reason
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -78,7 +77,7 @@ def _check_file(p: Path) -> None:
     except NotADirectoryError:
         raise InputError(p, "no such file (a parent is not a folder)") from None
     except OSError as exc:
-        raise InputError(p, _os_reason(exc)) from None
+        raise InputError(p, read_reason(exc)) from None
     if stat.S_ISDIR(st.st_mode):
         raise InputError(p, "is a directory, not an image file")
     if not stat.S_ISREG(st.st_mode):
@@ -117,26 +116,13 @@ def _reason(exc: BaseException) -> str:
     if isinstance(exc, MemoryError):
         return "not enough memory to decode the image"
     if isinstance(exc, OSError) and exc.errno is not None:
-        return _os_reason(exc)
+        return read_reason(exc)
     text = str(exc).lower()
     if "truncated" in text or isinstance(exc, EOFError):
         return "truncated image data"
     if isinstance(exc, _UnsupportedMode):
         return str(exc)
     return "corrupt image data"
-
-
-def _os_reason(exc: OSError) -> str:
-    if isinstance(exc, PermissionError):
-        return "permission denied"
-    if isinstance(exc, FileNotFoundError):
-        return "no such file"
-    if isinstance(exc, IsADirectoryError):
-        return "is a directory, not an image file"
-    name = os.strerror(exc.errno) if exc.errno else "unknown error"
-    if exc.errno == errno.EIO:
-        name = "input/output error"
-    return f"cannot read file ({name.lower()})"
 
 
 class _UnsupportedMode(ValueError):

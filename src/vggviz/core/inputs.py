@@ -17,6 +17,7 @@ from typing import BinaryIO
 
 from vggviz.core.errors import InputError, UsageError, VggvizError
 from vggviz.core.images import IMAGE_EXTENSIONS
+from vggviz.core.text import list_reason
 from vggviz.core.values import parse_shard  # noqa: F401 (part of this module's interface)
 
 
@@ -144,7 +145,7 @@ def _walk(
             with os.scandir(folder) as it:
                 names = sorted(entry.name for entry in it)
         except OSError as exc:
-            found.problems.append(InputError(folder, _folder_reason(exc)))
+            found.problems.append(InputError(folder, list_reason(exc)))
             return
         stack.append(iter([(folder / n, rel / n) for n in names]))
 
@@ -174,12 +175,6 @@ def _is_dir(path: Path) -> bool:
         return path.is_dir()
     except OSError:
         return False
-
-
-def _folder_reason(exc: OSError) -> str:
-    if isinstance(exc, PermissionError):
-        return "cannot list folder (permission denied)"
-    return f"cannot list folder ({(exc.strerror or 'unknown error').lower()})"
 
 
 def _fs_bytes(text: str) -> bytes:

@@ -11,6 +11,7 @@ import re
 from typing import Literal
 
 from vggviz.core.errors import UsageError
+from vggviz.core.text import shown
 
 GRID_MAX = 4096
 """Most rows or columns of a picture grid (a layer has at most 512 channels anyway)."""
@@ -24,14 +25,6 @@ SHARD_MAX = 1_000_000
 _GRID = re.compile(r"([0-9]+)x([0-9]+)")
 _DEVICE = re.compile(r"auto|cpu|cuda(?::([0-9]{1,6}))?")
 _SHARD = re.compile(r"\s*([0-9]+)\s*/\s*([0-9]+)\s*")
-_SHOWN = 40  # longest value echoed in a message
-
-
-def shown(text: str, quote: bool = True) -> str:
-    """A value for a message (``repr`` unless ``quote`` is false), shortened when long: a
-    240-digit count is noise."""
-    short = text if len(text) <= _SHOWN else text[: _SHOWN - 3] + "..."
-    return repr(short) if quote else short
 
 
 def _bounded(digits: str, most: int) -> int | None:

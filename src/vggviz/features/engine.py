@@ -25,9 +25,10 @@ import torch
 from PIL import Image
 
 from vggviz.core import drawing, files, folders, images, memory, values
-from vggviz.core.errors import InputError, write_error
+from vggviz.core.errors import InputError
 from vggviz.core.folders import Record
 from vggviz.core.inputs import InputItem
+from vggviz.core.text import display, write_error
 from vggviz.features import pictures
 from vggviz.model.hooks import chain_maps, network_maps
 from vggviz.model.layers import ConvLayer
@@ -75,7 +76,7 @@ class ImageOutput:
         self.ident, self.job, self.encoder = ident, job, encoder
         self.encoding: list[Future[Path]] = []
         self.caption = pictures.Caption(
-            folders.display(str(item.rel)), loaded.weights, loaded.random, job.mode, job.stage
+            display(str(item.rel)), loaded.weights, loaded.random, job.mode, job.stage
         )
         self.outputs: list[Path] = []
         self.layers: list[folders.LayerStats] = []

@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import BinaryIO
 
 from vggviz.core import folders, inputs, memory, values
-from vggviz.core.errors import OutputError, UsageError, write_error
+from vggviz.core.errors import OutputError, UsageError
 from vggviz.core.folders import Record
+from vggviz.core.text import write_error
 from vggviz.features.request import Hooks, Request, Summary, style_for, weights_identity
 
 __all__ = ["Hooks", "Request", "Summary", "run"]

@@ -1,7 +1,7 @@
 """``index.html`` for a ``vggviz top`` run: every layer, every channel's best crops, its
 dead fraction and the spread of its values over the dataset, opened straight from disk.
 
-Like :mod:`vggviz.features.index_page` it is one static file with inline CSS and relative
+Like every vggviz page (:mod:`vggviz.core.html`) it is one static file with inline CSS and relative
 links, and no script: a run over VGG19 has 5,504 channels, so the page is streamed layer by
 layer, every picture is loaded lazily, each strip's box is sized before it loads (so links to
 a channel land on it), and the layers are linked from the top. Histograms are inline SVG paths of a
@@ -17,14 +17,20 @@ from pathlib import Path
 from typing import IO, Any
 from urllib.parse import quote
 
+from vggviz.core import html as page
 from vggviz.core.files import atomic_file
-from vggviz.features.index_page import _CSS, _esc, _is_num, _is_seq, _number, _plural, _text
+from vggviz.core.html import TIMES as _TIMES
+from vggviz.core.html import esc as _esc
+from vggviz.core.html import is_num as _is_num
+from vggviz.core.html import is_seq as _is_seq
+from vggviz.core.html import number as _number
+from vggviz.core.html import plural as _plural
+from vggviz.core.html import text as _text
 from vggviz.top.pictures import PAGE_ROWS
 
 INDEX_NAME = "index.html"
 STRIP_HEIGHT = 80  # CSS pixels a channel's strip is shown at
 HIST_W, HIST_H = 160, 40  # the histogram's box, CSS pixels
-_TIMES = "\N{MULTIPLICATION SIGN}"
 
 _TOP_CSS = """
 main.wrap, header.top .wrap { max-width: 1400px; }
@@ -153,33 +159,23 @@ def _write_page(
     pages: Mapping[str, Sequence[str]],
     strips: Mapping[str, Mapping[int, str]],
 ) -> None:
-    e = _esc
     layers = _layers(result)
     title = f"vggviz top: {_text(result.get('arch')) or 'VGG'}"
     width, height = _strip_ratio(out_dir, strips)
     ratio = f"img.strip {{ aspect-ratio: {width} / {height}; }}\n" if width else ""
-    fh.write(
-        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-        f"<title>{e(title)}</title>\n<style>{_CSS}{_TOP_CSS}{ratio}</style>\n</head>\n<body>\n"
-        f'<header class="top" id="top"><div class="wrap">\n<h1>{e(title)}</h1>\n'
-    )
     info = [
         (key, result.get(key))
         for key in ("arch", "weights", "stage", "reduce", "size", "images", "k")
         if result.get(key) is not None
     ]
-    if info:
-        items = "".join(f"<div><dt>{e(k)}</dt><dd>{e(_text(v))}</dd></div>" for k, v in info)
-        fh.write(f'<dl class="info">{items}</dl>\n')
-    fh.write('</div></header>\n<main class="wrap">\n')
+    fh.write(page.head(title, info, _TOP_CSS + ratio))
     fh.write(_summary(result, layers))
     if layers:
         fh.write(_nav(layers))
         fh.write(_legend(result))
     for alias, layer in layers:
         fh.write(_layer_section(alias, layer, pages.get(alias, ()), strips.get(alias, {}), result))
-    fh.write("</main>\n</body>\n</html>\n")
+    fh.write(page.FOOT)
 
 
 def _summary(result: Mapping[str, Any], layers: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
