@@ -104,12 +104,12 @@ def speed_runs(args: argparse.Namespace, work: Path) -> list[str]:
     import torch
 
     from vggviz.core import images, inputs
+    from vggviz.model.hooks import reduced_maps
     from vggviz.model.layers import select_layers
     from vggviz.model.loading import load_model
     from vggviz.top.job import run_top
     from vggviz.top.ranking import TopK
     from vggviz.top.request import TopOptions
-    from vggviz.top.scan import reduce_batch, reducing_hooks
 
     loaded = load_model(args.arch, args.weights, device="cpu")
     layers = select_layers(loaded.layers, args.layers)
@@ -137,8 +137,7 @@ def speed_runs(args: argparse.Namespace, work: Path) -> list[str]:
             with torch.inference_mode():
                 trunk(x)
             middle, cpu1 = time.perf_counter(), time.process_time()
-            with reducing_hooks(loaded.model, layers, "relu", "max") as out:
-                reduce_batch(loaded, x, out)
+            out = reduced_maps(loaded.model, layers, x, "relu", "max")
             numbers = np.arange(n * size, n * size + len(x))
             for alias, (vals, where) in out.items():
                 tops[alias].add(vals, numbers, where)

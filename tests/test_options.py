@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -104,14 +106,44 @@ def test_largest_shard_count_is_accepted() -> None:
     assert parse_shard("007/0010") == (7, 10)
 
 
-def test_one_vocabulary() -> None:
-    """The library's names all come from the catalog, so the command line's choices can."""
-    from vggviz.core import drawing
-    from vggviz.model import hooks, layers, loading
+NAMED_CHOICES = ("MODES", "STAGES", "SCALES", "SELECTS", "PRECISIONS", "VIEWS", "REDUCES")
 
-    assert hooks.MODES is vocabulary.MODES
-    assert layers.STAGES is vocabulary.STAGES
-    assert drawing.SCALES is vocabulary.SCALES and drawing.SELECTS is vocabulary.SELECTS
+
+def test_one_vocabulary() -> None:
+    """The named choices are defined once, in core/vocabulary: the command line offers exactly
+    those, and no other module defines them again or passes them on as its own."""
+    import ast
+
+    import click
+
+    from vggviz.cli import cli
+    from vggviz.model import loading
+
+    options = {name.lower()[:-1]: name for name in NAMED_CHOICES}  # the option of each
+    offered = 0
+    for command in cli.commands.values():
+        for param in command.params:
+            if isinstance(param.type, click.Choice) and param.name in options:
+                wanted = getattr(vocabulary, options[param.name])
+                assert tuple(param.type.choices) == wanted, (command.name, param.name)
+                offered += 1
+    assert offered >= 8  # mode, stage x2, scale x2, select, precision x2, view, reduce
+    package = Path(vocabulary.__file__).parents[1]
+    for path in package.rglob("*.py"):
+        if path.name == "vocabulary.py":
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in tree.body:
+            targets = node.targets if isinstance(node, ast.Assign) else []
+            bound = {t.id for t in targets if isinstance(t, ast.Name)}
+            exported = set()
+            if "__all__" in bound and isinstance(node.value, ast.List | ast.Tuple):
+                exported = {e.value for e in node.value.elts if isinstance(e, ast.Constant)}
+            again = (bound | exported) & set(NAMED_CHOICES)
+            if path.name == "loading.py":  # its PRECISIONS maps the vocabulary's names to dtypes
+                again -= {"PRECISIONS"}
+            assert not again, f"{path.relative_to(package)} defines {sorted(again)} again"
+        assert "re-exported" not in path.read_text(encoding="utf-8"), path
     assert tuple(loading.PRECISIONS) == vocabulary.PRECISIONS
     assert loading.PRECISIONS["bf16"] is torch.bfloat16
     assert set(vocabulary.STYLE_DEFAULTS) == set(vocabulary.MODES)

@@ -19,11 +19,11 @@ from conftest import write_photo
 from PIL import Image
 
 from vggviz.cli import cli
+from vggviz.core.vocabulary import REDUCES
 from vggviz.model.loading import build
 from vggviz.model.receptive import ReceptiveField
 from vggviz.top.crops import cut, heat, pad_colour
 from vggviz.top.ranking import NO_INPUT, TopK, channel_stats
-from vggviz.top.request import REDUCES
 
 # --- the pieces ----------------------------------------------------------------------------
 

@@ -22,17 +22,14 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from vggviz.core.values import parse_grid
-from vggviz.core.vocabulary import SCALES, SELECTS  # noqa: F401 (re-exported)
+from vggviz.core.vocabulary import GRID_WIDTH, TILE_MAX, TILE_TARGET
 
 BACKGROUND = (24, 24, 27)
 FOREGROUND = (236, 236, 240)
 MUTED = (160, 160, 170)
-WARNING = (255, 170, 60)
+WARNING = (255, 170, 60)  # the one warning colour: random weights, channels never active
 LABEL_BOX = (0, 0, 0)
 PAD = 4
-TILE_TARGET = 224  # small maps are enlarged (nearest) to about this many pixels
-TILE_MAX = 768  # huge maps are reduced to at most this many pixels
-GRID_WIDTH = 3600  # widest grid row, in pixels, before tiles shrink
 LAYER_PERCENTILES = (0.5, 99.9)  # robust ends of a layer-wide scale
 LAYER_SAMPLE = 1 << 18  # values a layer-wide scale is estimated from
 
@@ -485,3 +482,10 @@ def upsample(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.stack(
         [np.asarray(Image.fromarray(m).resize(wh, Image.Resampling.BILINEAR)) for m in maps]
     )
+
+
+def random_warning(random: bool, weights: str) -> str | None:
+    """The line every picture of random weights carries (drawn in WARNING by :func:`figure`)."""
+    if random:
+        return f"RANDOM WEIGHTS, {weights}: nothing in this picture was learned"
+    return None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import stat
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -252,3 +253,19 @@ def to_array(img: Image.Image, normalize: bool) -> np.ndarray:
         std = np.asarray(IMAGENET_STD, dtype=np.float32)[:, None, None]
         arr = (arr - mean) / std
     return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+def for_model(
+    path: str | Path,
+    size: int,
+    normalize: bool,
+    check: Callable[[int, int], None] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """A file as every job feeds it to the network: the photo resized for the model, (H, W, 3)
+    uint8, and the network's input made from it, (3, H, W) float32. ``check(width, height)``
+    may refuse the resized size (raising InputError) before the input is made. Raises
+    InputError."""
+    photo = resize_for_model(load_rgb(path), size)
+    if check is not None:
+        check(photo.width, photo.height)
+    return np.asarray(photo), to_array(photo, normalize)

@@ -1,4 +1,4 @@
-"""Finding input images, naming their output folders, and splitting work into shards.
+"""Finding input images, splitting them into shards, and grouping them into batches.
 
 Everything here is deterministic across machines and Python runs (sorted walks, sha1 rather
 than ``hash()``), so several machines given the same command line agree on who does what
@@ -10,10 +10,10 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 from vggviz.core.errors import InputError, UsageError, VggvizError
 from vggviz.core.images import IMAGE_EXTENSIONS
@@ -197,3 +197,32 @@ def shard(items: Sequence[InputItem], k: int, n: int) -> list[InputItem]:
 def _shard_of(item: InputItem, n: int) -> int:
     digest = hashlib.sha1(_fs_bytes(item.source) + b"\0" + _fs_bytes(str(item.rel)))
     return int(digest.hexdigest(), 16) % n
+
+
+T = TypeVar("T")
+
+
+def batch_by_shape(
+    stream: Iterable[T], size: int, shape: Callable[[T], Hashable | None]
+) -> Iterator[tuple[list[T], list[T]]]:
+    """``stream`` grouped into batches of up to ``size`` items of one shape, in order: what one
+    forward pass of every job takes (a batch must be one tensor).
+
+    ``shape(item)`` is the item's shape, or None for an item that is not batched (an input
+    that failed, one skipped): it flushes the batch in progress and comes right after it.
+    Yields (batch, passed): items of one shape (maybe none), then the unbatched items that
+    followed them. Every item comes out exactly once, in input order.
+    """
+    batch: list[T] = []
+    for item in stream:
+        key = shape(item)
+        if key is None:
+            yield batch, [item]
+            batch = []
+            continue
+        if batch and (len(batch) >= size or shape(batch[0]) != key):
+            yield batch, []
+            batch = []
+        batch.append(item)
+    if batch:
+        yield batch, []

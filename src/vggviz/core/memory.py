@@ -48,9 +48,6 @@ RAW_COPIES = 2.0
 DRAW_COPIES = 2.0
 """The drawn channels of one map, copied and converted while a picture is made."""
 
-# mirrors of render.py's tile sizes (render imports numpy and Pillow; this module must not)
-_TILE_TARGET, _TILE_MAX, _GRID_WIDTH = 224, 768, 3600
-
 
 def _layer_maps(arch: str, height: int, width: int, mode: str) -> list[tuple[int, int, int]]:
     """(channels, height, width) of every conv layer's map for a ``height`` x ``width``
@@ -67,9 +64,9 @@ def _picture_bytes(channels: int, h: int, w: int, tiles: int) -> int:
     """RGB bytes of one layer picture: small maps are enlarged to about 224 px, large ones
     reduced to at most 768, and a row never passes 3600 px. The encoder threads may still
     hold every layer's picture when the last is drawn."""
-    side = min(max(h, w, _TILE_TARGET), _TILE_MAX)
+    side = min(max(h, w, vocabulary.TILE_TARGET), vocabulary.TILE_MAX)
     shown = min(tiles, channels)
-    return 3 * min(_GRID_WIDTH * _GRID_WIDTH, shown * side * side)
+    return 3 * min(vocabulary.GRID_WIDTH**2, shown * side * side)
 
 
 def estimate_peak_bytes(

@@ -55,6 +55,14 @@ class ModelSpec:
     precision: str = "fp32"
 
 
+# Tile sizes of a layer picture, here so that core/memory can bound a picture's bytes without
+# importing the drawing code (numpy, Pillow): small maps are enlarged (nearest) to about
+# TILE_TARGET pixels, huge ones reduced to at most TILE_MAX, and a grid row never passes
+# GRID_WIDTH pixels before its tiles shrink.
+TILE_TARGET = 224
+TILE_MAX = 768
+GRID_WIDTH = 3600
+
 # Style defaults by mode: chain mode reproduces the tutorial's picture exactly (first 16
 # channels, grey, each map stretched on its own); network mode shows the most active
 # channels on one honest scale per layer.

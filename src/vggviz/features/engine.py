@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vggviz.core import drawing, files, folders, images, memory, values
+from vggviz.core import drawing, files, folders, images, inputs, memory, values
 from vggviz.core.errors import InputError
 from vggviz.core.folders import Record
 from vggviz.core.inputs import InputItem
@@ -318,59 +318,48 @@ class Engine:
 
     def run(self, work: Sequence[tuple[InputItem, Path]]) -> bool:
         """Process the pairs in order; True when all were tried, False when stopped early."""
+        delivered = 0
+
+        def deliver(record: Record) -> None:
+            nonlocal delivered
+            delivered += 1
+            self.on_record(record)
+
+        pending: dict[int, _Prepared] = {}  # decoded and claimed, not yet handed over
+
+        def prepared() -> Iterator[_Prepared | Record]:
+            for item, folder in work:
+                if self.stopping():
+                    return
+                result = self._prepare(item, folder)
+                if isinstance(result, _Prepared):
+                    pending[id(result)] = result
+                yield result
+
         with (
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="vggviz-draw") as pool,
             ThreadPoolExecutor(max_workers=2, thread_name_prefix="vggviz-png") as encoder,
         ):
             # chain-mode maps are full resolution (up to 100 MB a layer): keep few waiting
             limit = 2 if self.job.mode == "chain" else len(self.layers) + 2
-            backlog = _Backlog(limit, self.on_record)
-            complete = True
-            for batch in self._batches(work, backlog):
-                if self.stopping():
+            backlog = _Backlog(limit, deliver)
+            try:
+                batches = inputs.batch_by_shape(prepared(), self.job.batch_size, _shape)
+                for batch, passed in batches:
                     for p in batch:
-                        p.claim.release(remove_folder=True)
-                    complete = False
-                    break
-                self._process(batch, pool, encoder, backlog)
-            else:
-                complete = not self.stopping()
+                        del pending[id(p)]
+                    if batch and self.stopping():
+                        for p in batch:
+                            p.claim.release(remove_folder=True)
+                    elif batch:
+                        self._process(batch, pool, encoder, backlog)
+                    for record in passed:
+                        backlog.add(_resolved(record))
+            finally:  # stopped early: give up the folders claimed but never processed
+                for p in pending.values():
+                    p.claim.release(remove_folder=True)
             backlog.drain()
-        return complete and not self.disk_full
-
-    def _batches(self, work, backlog: _Backlog) -> Iterator[list[_Prepared]]:
-        """Decoded, claimed images grouped by equal size, up to ``batch_size`` at a time.
-        Skipped and failed inputs go through the backlog, so records stay in input order."""
-        batch: list[_Prepared] = []
-        try:
-            yield from self._grouped(work, backlog, batch)
-        finally:  # stopped early: give up the folders claimed but never processed
-            for p in batch:
-                p.claim.release(remove_folder=True)
-
-    def _grouped(
-        self, work, backlog: _Backlog, batch: list[_Prepared]
-    ) -> Iterator[list[_Prepared]]:
-        for item, folder in work:
-            if self.stopping():
-                break
-            result = self._prepare(item, folder)
-            if isinstance(result, _Prepared):
-                if batch and (
-                    len(batch) >= self.job.batch_size
-                    or batch[0].tensor.shape != result.tensor.shape
-                ):
-                    yield list(batch)
-                    batch.clear()
-                batch.append(result)
-                continue
-            if batch:
-                yield list(batch)
-                batch.clear()
-            backlog.add(_resolved(result))
-        if batch:
-            yield list(batch)
-            batch.clear()
+        return delivered == len(work) and not self.disk_full
 
     def _prepare(self, item: InputItem, folder: Path) -> _Prepared | Record:
         try:
@@ -385,8 +374,12 @@ class Engine:
                 if earlier is not None:
                     _sweep(folder)
                     return skipped_record(item, folder, "finished earlier", earlier)
-            image = images.resize_for_model(images.load_rgb(item.path), self.job.size)
-            self._check_memory(item, image.width, image.height)
+            photo, array = images.for_model(
+                item.path,
+                self.job.size,
+                self.job.normalize,
+                lambda width, height: self._check_memory(item, width, height),
+            )
             if ident is None:
                 raise InputError(item.path, "cannot read file")
             try:
@@ -405,8 +398,7 @@ class Engine:
             if err.errno in DISK_FULL:
                 self.full(message)
             return error_record(item, message, err.errno in DISK_FULL)
-        array = images.to_array(image, self.job.normalize)
-        return _Prepared(item, claim, ident, np.asarray(image), torch.from_numpy(array))
+        return _Prepared(item, claim, ident, photo, torch.from_numpy(array))
 
     def _check_memory(self, item: InputItem, width: int, height: int) -> None:
         """The run was checked for square images; a panorama (up to 4x longer) that cannot
@@ -471,6 +463,10 @@ class Engine:
             if failure:
                 out.error = f"{out.item.path}: the forward pass failed ({failure})"
             backlog.add(pool.submit(out.finish))
+
+
+def _shape(result: _Prepared | Record) -> tuple[int, ...] | None:
+    return tuple(result.tensor.shape) if isinstance(result, _Prepared) else None
 
 
 def _sweep(folder: Path) -> None:

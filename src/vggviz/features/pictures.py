@@ -44,12 +44,6 @@ class Caption:
     stage: str
 
 
-def random_warning(caption_random: bool, weights: str) -> str | None:
-    if caption_random:
-        return f"RANDOM WEIGHTS, {weights}: nothing in this picture was learned"
-    return None
-
-
 def layer_picture(
     fmap: np.ndarray,
     *,
@@ -112,7 +106,7 @@ def layer_picture(
         f"{chosen_how}  ·  {scale}  ·  cmap {style.cmap}"
         + ("  ·  overlay" if style.overlay else ""),
     ]
-    warning = random_warning(caption.random, caption.weights)
+    warning = drawing.random_warning(caption.random, caption.weights)
     if pal is not None:
         return drawing.figure_indexed(body, pal, title, bar, warning), channels
     return drawing.figure(body, title, bar, warning), channels
@@ -179,7 +173,7 @@ def filters_picture(
         f"{what}  ·  weights: {weights}",
         "each kernel on its own scale" if scale == "map" else "one scale for the whole layer",
     ]
-    return drawing.figure(body, title, bar, random_warning(random, weights))
+    return drawing.figure(body, title, bar, drawing.random_warning(random, weights))
 
 
 @dataclass(frozen=True)
@@ -251,7 +245,9 @@ def overview_picture(
         if style.scale == "map"
         else "one scale per layer (0.5-99.9th pct of the maps shown)",
     ]
-    return drawing.figure(stacked, title, None, random_warning(caption.random, caption.weights))
+    return drawing.figure(
+        stacked, title, None, drawing.random_warning(caption.random, caption.weights)
+    )
 
 
 def draw_filters(

@@ -1,22 +1,32 @@
-"""Getting feature maps out of the model: the real forward pass (network mode) or the
-tutorial's conv-only chain (chain mode)."""
+"""Getting feature maps out of the model: every forward hook vggviz uses lives here.
+
+One hook context, :func:`capture`, serves every job: it keeps each chosen layer's map (or
+hands it over as soon as it is computed), or reduces it on the spot to one value per channel
+and drops it (the scan of ``vggviz top``); either way the forward stops right after the last
+chosen layer. :func:`network_maps` and :func:`reduced_maps` are one forward under it;
+:func:`chain_maps` is the tutorial's conv-only chain (chain mode), which needs no hooks.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
+from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
-from vggviz.core.vocabulary import MODES
 from vggviz.model.layers import ConvLayer
 
-__all__ = ["MODES", "capture", "chain_maps", "network_maps"]
+__all__ = ["capture", "chain_maps", "forward", "network_maps", "reduced_maps"]
 
 
 class _Done(Exception):
     """Raised by the last hook: nothing after the last conv is needed, so stop the forward."""
+
+
+Reduced = tuple[np.ndarray, np.ndarray]  # values (B, C) float32, flat argmax (B, C) int64
 
 
 @contextmanager
@@ -25,27 +35,36 @@ def capture(
     layers: Sequence[ConvLayer],
     stage: str,
     on_map: Callable[[ConvLayer, torch.Tensor], None] | None = None,
-) -> Iterator[dict[str, torch.Tensor]]:
-    """Forward hooks that store each layer's map at ``stage`` in the yielded dict (by alias),
-    or hand it to ``on_map`` as soon as it is computed (so drawing can start early).
+    reduce: str | None = None,
+) -> Iterator[dict[str, Any]]:
+    """Forward hooks on each layer's module at ``stage``, removed however the block ends.
 
-    A captured tensor is cloned only when an in-place module comes next (VGG's ReLU would
-    overwrite a conv or BN output captured before it); the ReLU's own output is never written
-    again, so the default relu stage is handed over as is. The hooks are removed however the
-    block ends.
+    - keep (the default): each map goes into the yielded dict by alias, or to ``on_map`` as
+      soon as it is computed (so drawing can start early). A map is cloned only when an
+      in-place module comes next (VGG's ReLU would overwrite a conv or BN output captured
+      before it); the ReLU's own output is never written again, so the relu stage is handed
+      over as is.
+    - ``reduce`` ("max" or "mean"): each (B, C, H, W) map becomes, in the dict, (values (B, C)
+      float32, flat argmax (B, C) int64) at once, and no map is kept. Reading the map inside
+      the hook needs no clone: VGG's in-place ReLU runs later.
+
+    The last hook raises to end the forward; run it with :func:`forward`.
     """
     modules = dict(model.named_modules())
-    maps: dict[str, torch.Tensor] = {}
+    maps: dict[str, Any] = {}
     handles = []
     last = layers[-1].alias if layers else None
 
     def hook_for(layer: ConvLayer, copy: bool):
         def hook(_module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
-            fmap = output.detach().clone() if copy else output.detach()
-            if on_map is None:
-                maps[layer.alias] = fmap
+            if reduce is not None:
+                maps[layer.alias] = _reduced(output.detach(), reduce)
             else:
-                on_map(layer, fmap)
+                fmap = output.detach().clone() if copy else output.detach()
+                if on_map is None:
+                    maps[layer.alias] = fmap
+                else:
+                    on_map(layer, fmap)
             if layer.alias == last:
                 raise _Done
 
@@ -54,12 +73,33 @@ def capture(
     try:
         for layer in layers:
             name = layer.stage_module(stage)
-            copy = followed_in_place(model, name)
+            copy = reduce is None and followed_in_place(model, name)
             handles.append(modules[name].register_forward_hook(hook_for(layer, copy)))
         yield maps
     finally:
         for handle in handles:
             handle.remove()
+
+
+def _reduced(output: torch.Tensor, reduce: str) -> Reduced:
+    flat = output.flatten(2)
+    if reduce == "max":
+        values, where = flat.max(dim=2)
+    else:
+        values, where = flat.mean(dim=2, dtype=torch.float32), flat.argmax(dim=2)
+    return values.float().cpu().numpy(), where.cpu().numpy()
+
+
+def forward(model: nn.Module, x: torch.Tensor) -> None:
+    """One forward of ``x`` for the hooks of :func:`capture`: eval mode, inference mode, and
+    stopped right after the last hooked layer (the classifier never runs)."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode(), suppress(_Done):
+            model(x)
+    finally:
+        model.train(was_training)
 
 
 def followed_in_place(model: nn.Module, name: str) -> bool:
@@ -82,19 +122,22 @@ def network_maps(
     stage: str = "relu",
     on_map: Callable[[ConvLayer, torch.Tensor], None] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """The network's real activations for batch ``x``: eval mode, inference mode, and the
-    forward stopped right after the last requested layer (the classifier never runs).
-
-    With ``on_map``, each map goes to it in layer order instead of into the returned dict.
-    """
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode(), capture(model, layers, stage, on_map) as maps, suppress(_Done):
-            model(x)
-    finally:
-        model.train(was_training)
+    """The network's real activations for batch ``x`` (see :func:`capture` and
+    :func:`forward`). With ``on_map``, each map goes to it in layer order instead of into the
+    returned dict."""
+    with capture(model, layers, stage, on_map) as maps:
+        forward(model, x)
     return maps
+
+
+def reduced_maps(
+    model: nn.Module, layers: Sequence[ConvLayer], x: torch.Tensor, stage: str, reduce: str
+) -> dict[str, Reduced]:
+    """Each layer's map of batch ``x`` reduced to (values, flat argmax) per channel (see
+    :func:`capture`); no map is kept."""
+    with capture(model, layers, stage, reduce=reduce) as out:
+        forward(model, x)
+    return out
 
 
 def chain_maps(

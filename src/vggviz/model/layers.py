@@ -8,9 +8,8 @@ from dataclasses import dataclass
 from torch import nn
 
 from vggviz.core.errors import UsageError
-from vggviz.core.vocabulary import STAGES
 
-__all__ = ["STAGES", "ConvLayer", "find_conv_layers", "select_layers"]
+__all__ = ["ConvLayer", "find_conv_layers", "select_layers"]
 
 
 @dataclass(frozen=True)

@@ -211,10 +211,9 @@ def _rerun(
     options: TopOptions,
     fill: tuple[int, int, int],
 ) -> None:
-    photo = images.resize_for_model(images.load_rgb(item.path), options.size)
-    pixels = np.asarray(photo)
+    pixels, array = images.for_model(item.path, options.size, options.normalize)
     height, width = pixels.shape[:2]
-    x = torch.from_numpy(images.to_array(photo, options.normalize))[None]
+    x = torch.from_numpy(array)[None]
     needed = sorted({layer for layer, _, _ in jobs}, key=lambda la: la.index)
     maps = network_maps(loaded.model, needed, x.to(loaded.device, loaded.dtype), options.stage)
     arrays = {alias: m[0].float().cpu().numpy() for alias, m in maps.items()}

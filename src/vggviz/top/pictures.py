@@ -22,7 +22,6 @@ from PIL import Image, ImageDraw
 
 from vggviz.core import drawing, files
 from vggviz.core.drawing import BACKGROUND, FOREGROUND, MUTED, PAD
-from vggviz.features.pictures import random_warning
 
 if TYPE_CHECKING:
     from vggviz.model.layers import ConvLayer
@@ -40,7 +39,6 @@ GAP = 6  # between crops in a row
 STRIP_GAP = 2
 HIGHLIGHT_CMAP = "inferno"
 EMPTY = (40, 40, 46)  # a slot with no image (fewer images than K)
-WARN = (255, 170, 60)  # "never active", in the orange of drawing.figure's warnings
 PAGES_DIR = "top-pages"
 STRIPS_DIR = "top-strips"
 DRAW_GROUP = 32  # channels whose crops and pages are in memory at once while drawing
@@ -162,8 +160,8 @@ def _row_body(row: ChannelRow, k: int, side: int) -> Image.Image:
     draw.text((8, 2), f"#{row.channel}", font=drawing.font(22), fill=FOREGROUND)
     crops = row.crops[:k]
     if not crops or all(c.value <= 0 for c in crops):
-        draw.text((8, 32), "never", font=drawing.font(13), fill=WARN)
-        draw.text((8, 48), "active", font=drawing.font(13), fill=WARN)
+        draw.text((8, 32), "never", font=drawing.font(13), fill=drawing.WARNING)
+        draw.text((8, 48), "active", font=drawing.font(13), fill=drawing.WARNING)
     small = drawing.font(12)
     for j in range(k):
         x = LABEL_W + j * (side + GAP)
@@ -264,7 +262,7 @@ def draw_outputs(
 
     events.phase("pictures", sum(len(result["layers"][la.alias]["channels"]) for la in layers))
 
-    warning = random_warning(loaded.random, loaded.weights)
+    warning = drawing.random_warning(loaded.random, loaded.weights)
     pages: dict[str, list[str]] = {}
     strips: dict[str, dict[int, str]] = {}
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="vggviz-png") as encoder:

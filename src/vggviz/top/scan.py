@@ -10,16 +10,15 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
-from vggviz.core import files, images
+from vggviz.core import files, images, inputs
 from vggviz.core.errors import InputError, UsageError, VggvizError
 from vggviz.core.inputs import InputItem
+from vggviz.model.hooks import capture, forward
 from vggviz.model.layers import ConvLayer
 from vggviz.model.loading import LoadedModel
 from vggviz.top import checkpoint
@@ -30,60 +29,12 @@ from vggviz.top.request import MATRIX_DIR, TopEvents, TopOptions
 _LOOKAHEAD = 4  # inputs decoded ahead of the network on a second thread
 
 
-class _Stop(Exception):
-    """Raised after the last hooked layer: nothing after it is needed."""
-
-
-@contextmanager
-def reducing_hooks(
-    model: nn.Module, layers: Sequence[ConvLayer], stage: str, reduce: str
-) -> Iterator[dict[str, tuple[np.ndarray, np.ndarray]]]:
-    """Forward hooks that reduce each layer's (B, C, H, W) map at ``stage`` as soon as it is
-    computed to (values (B, C) float32, flat argmax (B, C) int64) in the yielded dict, keeping
-    no map. Reading the map inside the hook needs no clone: VGG's in-place ReLU runs later."""
-    modules = dict(model.named_modules())
-    out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    last = layers[-1].alias
-
-    def hook_for(alias: str):
-        def hook(_module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
-            flat = output.detach().flatten(2)
-            if reduce == "max":
-                values, where = flat.max(dim=2)
-            else:
-                values, where = flat.mean(dim=2, dtype=torch.float32), flat.argmax(dim=2)
-            out[alias] = (values.float().cpu().numpy(), where.cpu().numpy())
-            if alias == last:
-                raise _Stop
-
-        return hook
-
-    handles = [
-        modules[layer.stage_module(stage)].register_forward_hook(hook_for(layer.alias))
-        for layer in layers
-    ]
-    try:
-        yield out
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
-def reduce_batch(
-    loaded: LoadedModel, x: torch.Tensor, out: dict[str, tuple[np.ndarray, np.ndarray]]
-) -> None:
-    """One forward of batch ``x`` under :func:`reducing_hooks` (which fill ``out``)."""
-    out.clear()
-    with torch.inference_mode(), suppress(_Stop):
-        loaded.model(x.to(loaded.device, loaded.dtype))
-
-
 def _decode(path: Path, size: int, normalize: bool) -> torch.Tensor | InputError:
     try:
-        photo = images.resize_for_model(images.load_rgb(path), size)
+        _photo, array = images.for_model(path, size, normalize)
     except InputError as err:
         return err
-    return torch.from_numpy(images.to_array(photo, normalize))
+    return torch.from_numpy(array)
 
 
 def _decoded(
@@ -107,23 +58,9 @@ def _decoded(
         yield number, item, future.result()
 
 
-def _batches(
-    work: Sequence[tuple[int, InputItem]], options: TopOptions, pool: ThreadPoolExecutor
-) -> Iterator[tuple[list[tuple[int, torch.Tensor]], list[str]]]:
-    """(batch of (input number, tensor), failure messages) groups, in input order: images of
-    equal size up to ``batch_size``; each group is what one step consumes."""
-    batch: list[tuple[int, torch.Tensor]] = []
-    for number, _item, decoded in _decoded(work, options, pool):
-        if isinstance(decoded, InputError):
-            yield batch, [str(decoded)]
-            batch = []
-            continue
-        if batch and (len(batch) >= options.batch_size or batch[0][1].shape != decoded.shape):
-            yield batch, []
-            batch = []
-        batch.append((number, decoded))
-    if batch:
-        yield batch, []
+def _shape(decoded: tuple[int, InputItem, torch.Tensor | InputError]) -> tuple[int, ...] | None:
+    tensor = decoded[2]
+    return None if isinstance(tensor, InputError) else tuple(tensor.shape)
 
 
 def scan(
@@ -176,12 +113,16 @@ def scan(
 
     with (
         ThreadPoolExecutor(max_workers=1, thread_name_prefix="vggviz-decode") as pool,
-        reducing_hooks(loaded.model, layers, options.stage, options.reduce) as out,
+        capture(loaded.model, layers, options.stage, reduce=options.reduce) as out,
     ):
-        for batch, failures in _batches(work[state.position :], options, pool):
+        decoded = _decoded(work[state.position :], options, pool)
+        for batch, failed in inputs.batch_by_shape(decoded, options.batch_size, _shape):
+            failures = [str(error) for _, _, error in failed]
             if batch:
-                reduce_batch(loaded, torch.stack([t for _, t in batch]), out)
-                numbers = np.asarray([n for n, _ in batch], np.int64)
+                out.clear()
+                x = torch.stack([t for _, _, t in batch]).to(loaded.device, loaded.dtype)
+                forward(loaded.model, x)
+                numbers = np.asarray([n for n, _, _ in batch], np.int64)
                 for alias, (vals, where) in out.items():
                     state.tops[alias].add(vals, numbers, where)
                     values[alias].append(vals.astype(np.float16))
