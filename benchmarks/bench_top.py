@@ -103,7 +103,7 @@ def speed_runs(args: argparse.Namespace, work: Path) -> list[str]:
     import numpy as np
     import torch
 
-    from vggviz.core import images, inputs
+    from vggviz.core import images, inputs, lifecycle
     from vggviz.model.hooks import reduced_maps
     from vggviz.model.layers import select_layers
     from vggviz.model.loading import load_model
@@ -152,7 +152,7 @@ def speed_runs(args: argparse.Namespace, work: Path) -> list[str]:
         target = Path(tempfile.mkdtemp(dir=work))
         options = TopOptions(batch_size=size, size=args.size, checkpoint_every=100)
         started, cpu0 = time.perf_counter(), time.process_time()
-        run_top(loaded, layers, found.items, options, target, shard=(1, 1))
+        run_top(loaded, layers, lifecycle.plan([str(folder)], target, "1/1"), options, target)
         return time.perf_counter() - started, time.process_time() - cpu0
 
     names = ("bare forward", "scan compute", "scan from files")

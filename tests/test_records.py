@@ -13,7 +13,8 @@ from pathlib import Path, PurePosixPath
 import pytest
 
 from vggviz.core import folders
-from vggviz.core.folders import Held, claim, folder_name, output_dirs
+from vggviz.core.files import Held
+from vggviz.core.folders import claim, folder_name, output_dirs
 from vggviz.core.inputs import InputItem, discover
 from vggviz.core.text import dumps
 

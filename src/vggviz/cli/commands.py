@@ -16,6 +16,7 @@ from vggviz import __version__
 from vggviz.cli.params import (
     arch_option,
     cmap_option,
+    flag,
     grid_callback,
     input_options,
     json_option,
@@ -26,10 +27,12 @@ from vggviz.cli.params import (
 )
 from vggviz.cli.terminal import (
     ExitCode,
+    Progress,
+    StopFlag,
     Terminated,
-    TopProgress,
+    finish,
     handle_errors,
-    run_features,
+    shown,
 )
 from vggviz.core import vocabulary
 from vggviz.core.vocabulary import ARCHS, ModelSpec
@@ -277,7 +280,14 @@ def features(
         skip_existing=skip_existing,
         shard=shard,
     )
-    sys.exit(run_features(request, as_json, quiet))
+    with StopFlag() as stop, Progress(stop, quiet, as_json) as progress:
+        summary = job.run(request, progress)
+    where = summary.index or request.out_dir
+    closing = (
+        f"{summary.line()} · pictures in {shown(str(request.out_dir))}{os.sep} · "
+        f"open {shown(str(where))}"
+    )
+    sys.exit(finish(summary, stop, quiet, closing))
 
 
 @cli.group(invoke_without_command=True)
@@ -440,20 +450,18 @@ def top(
         shard=shard,
         merge=merge,
     )
-    events = TopProgress(quiet)
     try:
-        with events:
-            result = job.run(request, events)
-    except KeyboardInterrupt as stop:
+        with StopFlag() as stop, Progress(stop, quiet) as progress:
+            summary = job.run(request, progress)
+    except KeyboardInterrupt as interrupt:
         click.echo("\ninterrupted: run the same command again to resume the scan", err=True)
-        sys.exit(ExitCode.TERMINATED if isinstance(stop, Terminated) else ExitCode.INTERRUPTED)
-    failed = len(result.failed)
-    done = f"{result.scanned} scanned, {len(result.failed)} failed"
-    if result.scan_dir is not None:
-        summary = f"{done} · partial result in {result.scan_dir}{os.sep} (then --merge)"
+        terminated = isinstance(interrupt, Terminated)
+        sys.exit(ExitCode.TERMINATED if terminated else ExitCode.INTERRUPTED)
+    closing = summary.line()
+    if "partial" in summary.outputs:
+        closing += f" · partial result in {shown(str(summary.outputs['partial']))}{os.sep}"
+        closing += f" (then {flag('merge')})"
     else:
-        summary = f"{done} · {result.top_json}"
-        summary += f" · open {result.index}" if result.index else ""
-    if not quiet or failed:
-        click.echo(summary, err=True)
-    sys.exit(ExitCode.FAILED if failed else ExitCode.OK)
+        closing += f" · {shown(str(summary.outputs['result']))}"
+        closing += f" · open {shown(str(summary.index))}" if summary.index else ""
+    sys.exit(finish(summary, stop, quiet, closing))

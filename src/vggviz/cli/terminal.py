@@ -1,5 +1,6 @@
-"""Process policy for the commands: exit codes, the stop flag that SIGINT and SIGTERM set,
-progress bars and notes on stderr, JSON lines on stdout, and a reader that went away.
+"""Process policy for the commands, the same for every job: exit codes, the stop flag that
+SIGINT and SIGTERM set, progress bars, errors and notes on stderr, JSON lines on stdout, a
+reader that went away, and the closing line.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import click
 
 from vggviz.cli.params import flag
 from vggviz.core.errors import UsageError, VggvizError
+from vggviz.core.lifecycle import Events, Summary
 
 
 class ExitCode(IntEnum):
@@ -63,11 +65,6 @@ def shown(text: str) -> str:
     return display(text)
 
 
-def note(quiet: bool, message: str) -> None:
-    if not quiet:
-        click.echo(f"vggviz: {message}", err=True)
-
-
 def reason(err: OSError) -> str:
     from vggviz.core.text import reason as os_reason
 
@@ -76,7 +73,9 @@ def reason(err: OSError) -> str:
 
 class StopFlag:
     """SIGINT and SIGTERM become a request to stop, polled by the job between steps, once the
-    job is running; before that (imports, model loading) they interrupt as usual."""
+    job is running (:meth:`Progress.start`); before that (imports, model loading) they
+    interrupt as usual. One flag for every job: a stop is never an exception thrown into the
+    middle of a step, so nothing is left half-written and no traceback is printed."""
 
     def __init__(self) -> None:
         self.received: int | None = None
@@ -101,92 +100,124 @@ class StopFlag:
         return self.received is not None or self.pipe_closed
 
 
-def run_features(request: Any, as_json: bool, quiet: bool) -> int:
-    from vggviz.features import job as job
+_LABELS = {"crops": "crops (inputs run again)", "pictures": "pictures (channels)"}
 
-    show_bar = not quiet and sys.stderr.isatty()
-    started = time.perf_counter()
-    state: dict[str, Any] = {"bar": None, "done": 0}
 
-    def on_start(total: int) -> None:
-        signals.running = True
-        if show_bar and total > 1:
-            state["bar"] = click.progressbar(
+class Progress(Events):
+    """A run's events on stderr: a progress bar per phase (on a terminal), errors always,
+    notes unless quiet; with ``as_json`` each record as one line on stdout. Asks the
+    :class:`StopFlag` whether to stop."""
+
+    def __init__(self, stop: StopFlag, quiet: bool = False, as_json: bool = False) -> None:
+        self.stop, self.quiet, self.as_json = stop, quiet, as_json
+        self.show_bar = not quiet and sys.stderr.isatty()
+        self.bar: Any = None
+        self.done = 0
+        self.started = time.perf_counter()
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.render_finish()
+            self.bar = None
+
+    def start(self, total: int) -> None:
+        self.stop.running = True
+        self.started = time.perf_counter()
+
+    def phase(self, name: str, total: int, done: int = 0) -> None:
+        self.close()
+        if not self.show_bar or total <= done or (name == "images" and total <= 1):
+            return
+        if name == "images":  # per-image jobs: the rate, not a percentage
+            self.bar = click.progressbar(
                 length=total,
-                label="images",
+                label=name,
                 file=sys.stderr,
                 show_eta=True,
                 show_percent=False,
                 show_pos=True,
-                item_show_func=lambda _: _rate(state["done"], started),
+                item_show_func=lambda _: self._rate(),
             )
+        else:
+            label = _LABELS.get(name, name)
+            self.bar = click.progressbar(
+                length=total, label=label, file=sys.stderr, show_eta=True, show_pos=True
+            )
+        self.bar.update(done)
 
-    def on_record(record) -> None:
-        state["done"] += 1
-        bar = state["bar"]
-        if record["status"] == "error":
-            if bar:
-                click.echo("", err=True)  # keep the message off the bar's line
-            click.echo(f"error: {shown(record['error'])}", err=True)
-        if as_json and not signals.pipe_closed:
-            emit(records_dumps(record), signals)
-        if bar:
-            bar.update(1)
+    def advance(self, count: int = 1) -> None:
+        if self.bar is not None:
+            self.bar.update(count)
 
-    hooks = job.Hooks(
-        on_record=on_record,
-        on_start=on_start,
-        on_note=lambda text: note(quiet, text),
-        should_stop=lambda: signals.stop(),
-    )
-    with StopFlag() as signals:
+    def record(self, record: Any) -> None:
+        self.done += 1
+        if record.get("status") == "error":
+            self.failed(str(record.get("error")))
+        if self.as_json and not self.stop.pipe_closed:
+            self._emit(_dumps(record))
+        self.advance()
+
+    def failed(self, message: str) -> None:
+        if self.bar is not None:
+            click.echo("", err=True)  # keep the message off the bar's line
+        click.echo(f"error: {shown(message)}", err=True)
+
+    def note(self, message: str) -> None:
+        if not self.quiet:
+            if self.bar is not None:
+                click.echo("", err=True)
+            click.echo(f"vggviz: {shown(message)}", err=True)
+
+    def should_stop(self) -> bool:
+        return self.stop.stop()
+
+    def _emit(self, line: str) -> None:
+        """One line on stdout; a reader that went away ends the run quietly."""
         try:
-            summary = job.run(request, hooks)
-        finally:
-            if state["bar"] is not None:
-                state["bar"].render_finish()
-    for problem in summary.problems:  # folders that could not be listed
-        click.echo(f"error: {shown(problem)}", err=True)
-    failed = summary.error + len(summary.problems)
-    if signals.pipe_closed:
-        return ExitCode.PIPE_CLOSED  # stdout's reader is gone: stop quietly, as cat does
-    if summary.disk_full:
-        click.echo(
-            f"error: stopped after {summary.finished} of {summary.total} image(s), "
-            f"{summary.ok} done: {shown(summary.disk_full)}",
-            err=True,
-        )
-        return ExitCode.FAILED
-    if not summary.complete:
-        click.echo(
-            f"interrupted: {summary.finished} of {summary.total} image(s) finished", err=True
-        )
-        return ExitCode.TERMINATED if signals.received == signal.SIGTERM else ExitCode.INTERRUPTED
-    if not quiet:
-        where = summary.index or request.out_dir
-        click.echo(
-            f"{summary.line()} · pictures in {shown(str(request.out_dir))}{os.sep} · "
-            f"open {shown(str(where))}",
-            err=True,
-        )
-    elif failed:
-        click.echo(summary.line(), err=True)
-    return ExitCode.FAILED if failed else ExitCode.OK
+            click.echo(line)
+        except BrokenPipeError:
+            self.stop.pipe_closed = True
+            silence_stdout()
+
+    def _rate(self) -> str:
+        elapsed = time.perf_counter() - self.started
+        return f"{self.done / elapsed:.1f} img/s" if elapsed > 0 and self.done else ""
 
 
-def records_dumps(record: Any) -> str:
+def _dumps(record: Any) -> str:
     from vggviz.core.text import dumps
 
     return dumps(record)
 
 
-def emit(line: str, signals: StopFlag) -> None:
-    """One line on stdout; a reader that went away ends the run quietly."""
-    try:
-        click.echo(line)
-    except BrokenPipeError:
-        signals.pipe_closed = True
-        silence_stdout()
+def finish(summary: Summary, stop: StopFlag, quiet: bool, closing: str) -> ExitCode:
+    """The run's last words on stderr and its exit code: a closed pipe ends quietly, a full
+    disk or a stop says how far the run got, and ``closing`` (the summary and where the
+    outputs are) is said unless quiet."""
+    if stop.pipe_closed:
+        return ExitCode.PIPE_CLOSED  # stdout's reader is gone: stop quietly, as cat does
+    if summary.disk_full:
+        click.echo(
+            f"error: stopped after {summary.finished} of {summary.total} {summary.unit}, "
+            f"{summary.ok} {summary.done_word}: {shown(summary.disk_full)}",
+            err=True,
+        )
+        return ExitCode.FAILED
+    if not summary.complete:
+        how = summary.resume or f"{summary.finished} of {summary.total} {summary.unit} finished"
+        click.echo(f"interrupted: {how}", err=True)
+        return ExitCode.TERMINATED if stop.received == signal.SIGTERM else ExitCode.INTERRUPTED
+    if not quiet:
+        click.echo(closing, err=True)
+    elif summary.failed:
+        click.echo(summary.line(), err=True)
+    return ExitCode.FAILED if summary.failed else ExitCode.OK
 
 
 def silence_stdout() -> None:
@@ -195,53 +226,3 @@ def silence_stdout() -> None:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         os.close(devnull)
-
-
-def _rate(done: int, started: float) -> str:
-    elapsed = time.perf_counter() - started
-    return f"{done / elapsed:.1f} img/s" if elapsed > 0 and done else ""
-
-
-class TopProgress:
-    """The library's events on stderr: a progress bar per phase, errors and notes as lines."""
-
-    def __init__(self, quiet: bool) -> None:
-        self.quiet = quiet
-        self.show_bar = not quiet and sys.stderr.isatty()
-        self.bar: Any = None
-
-    def __enter__(self) -> TopProgress:
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self._close()
-
-    def _close(self) -> None:
-        if self.bar is not None:
-            self.bar.render_finish()
-            self.bar = None
-
-    def phase(self, name: str, total: int, done: int = 0) -> None:
-        self._close()
-        if self.show_bar and total > done:
-            label = {"crops": "crops (inputs run again)", "pictures": "pictures (channels)"}
-            label = label.get(name, name)
-            self.bar = click.progressbar(
-                length=total, label=label, file=sys.stderr, show_eta=True, show_pos=True
-            )
-            self.bar.update(done)
-
-    def advance(self, count: int = 1) -> None:
-        if self.bar is not None:
-            self.bar.update(count)
-
-    def failed(self, message: str) -> None:
-        if self.bar is not None:
-            click.echo("", err=True)  # keep the message off the bar's line
-        click.echo(f"error: {message}", err=True)
-
-    def note(self, message: str) -> None:
-        if not self.quiet:
-            if self.bar is not None:
-                click.echo("", err=True)
-            click.echo(f"vggviz: {message}", err=True)

@@ -1,5 +1,5 @@
-"""The output folder as a contract: what a run writes where, how a finished image is
-recognised, and how runs that share a folder keep out of each other's way.
+"""The output folder of a per-image job as a contract: what a run writes where, how a finished
+image is recognised, and how runs that share a folder keep out of each other's way.
 
 - **Names.** Each input gets the folder ``-o / <its path below the argument> / <name>``, where
   ``<name>`` is the file name with the dot before its extension turned into ``_``
@@ -28,28 +28,18 @@ import itertools
 import json
 import os
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol, TypedDict
 
-from vggviz.core.files import Held, hold, locks_supported
+from vggviz.core.files import Held, hold
 from vggviz.core.text import dumps
-
-__all__ = ["Held", "locks_supported"]  # with the claims below: one lock helper, in files
 
 FORMAT = 2  # bump when the pictures of the same options change, so old folders are redone
 
 RECORD = "record.json"
-OVERVIEW = "overview.png"
-RAW = "maps.npz"
 LOCK = ".vggviz.lock"
 NAME_MAX = 255  # bytes in one path component on every file system we expect
-_PICTURE = re.compile(r"^\d\d-conv\d+\.png$")
-
-
-def picture_name(index: int, alias: str) -> str:
-    """``01-conv1.png``: file names sort in layer order."""
-    return f"{index:02d}-{alias}.png"
 
 
 def run_suffix(shard: tuple[int, int] | None, copy: int = 1) -> str:
@@ -67,34 +57,19 @@ def index_name(suffix: str) -> str:
     return f"index{suffix}.html"
 
 
-def filters_name(alias: str, view: str) -> str:
-    return f"filters-{alias}{'' if view == 'rgb' else f'-{view}'}.png"
-
-
-def owned_files(folder: Path) -> Iterator[Path]:
-    """Files in an image folder that vggviz writes (and so may replace or remove)."""
+def owned_files(folder: Path, owns: Callable[[str], bool]) -> Iterator[Path]:
+    """Files in an image folder that the job writes (and so may replace or remove): its
+    record, and those ``owns`` claims by name."""
     try:
         names = [e.name for e in os.scandir(folder) if e.is_file(follow_symlinks=False)]
     except OSError:
         return
     for name in names:
-        if name in (RECORD, OVERVIEW, RAW) or _PICTURE.match(name):
+        if name == RECORD or owns(name):
             yield folder / name
 
 
 # --- records -------------------------------------------------------------------------------
-
-
-class LayerStats(TypedDict):
-    name: str
-    module: str
-    shape: list[int]
-    mean: float | None  # None when the map holds NaN or Inf (see ``nonfinite``)
-    max: float | None
-    zero_fraction: float
-    nonfinite: bool
-    channels: list[int]
-    picture: str
 
 
 class Identity(TypedDict):
@@ -114,11 +89,9 @@ class Record(TypedDict, total=False):
     folder: str
     size: list[int]
     outputs: list[str]
-    overview: str | None
-    layers: list[LayerStats]
     identity: Identity
     fingerprint: str
-    nonfinite: bool
+    # and the job's own fields; features: overview, layers, nonfinite
 
 
 def identity(path: Path) -> Identity:

@@ -55,6 +55,14 @@ class ModelSpec:
     precision: str = "fp32"
 
 
+# The jobs, with the names each leaves in its output folder. Two jobs in one folder would
+# write over each other's index.html, so a folder belongs to one job: a marker file names it,
+# and these names tell the job of a folder written before markers existed.
+JOB_FILES = {
+    "features": ("manifest*.jsonl",),
+    "top": ("top.json", "top-scan*"),
+}
+
 # Tile sizes of a layer picture, here so that core/memory can bound a picture's bytes without
 # importing the drawing code (numpy, Pillow): small maps are enlarged (nearest) to about
 # TILE_TARGET pixels, huge ones reduced to at most TILE_MAX, and a grid row never passes

@@ -17,7 +17,7 @@ from urllib.parse import quote
 
 from vggviz.core import html as page
 from vggviz.core.files import atomic_file
-from vggviz.core.folders import OVERVIEW, index_name
+from vggviz.core.folders import index_name
 from vggviz.core.html import TIMES as _TIMES
 from vggviz.core.html import esc as _esc
 from vggviz.core.html import is_num as _is_num
@@ -25,6 +25,7 @@ from vggviz.core.html import is_seq as _is_seq
 from vggviz.core.html import number as _number
 from vggviz.core.html import plural as _plural
 from vggviz.core.html import text as _text
+from vggviz.features.folders import OVERVIEW
 
 INDEX_NAME = index_name("")
 _CHANNELS_SHOWN = 8  # channel numbers printed in a layer row; the rest are counted

@@ -1,62 +1,36 @@
-"""The ``features`` job in one call: plan the inputs and their folders, pick the style for
-the mode, load the model, run the engine, and write the run's manifest, index and filters
-picture. Raises vggviz errors only; the command line parses, calls :func:`run` once, shows
-progress and maps errors to exit codes.
+"""The ``features`` job in one call, on the shared lifecycle (:mod:`vggviz.core.lifecycle`):
+check the style and the memory before torch, plan the inputs, prepare the output folder, load
+the model, then the per-image engine (:mod:`vggviz.core.per_image`) with the filters picture
+first and the manifest and index last. Raises vggviz errors only; the command line parses,
+calls :func:`run` once, shows progress and maps errors to exit codes.
 """
 
 from __future__ import annotations
 
-import json
-import tempfile
 import time
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
-from vggviz.core import folders, inputs, memory, values
-from vggviz.core.errors import OutputError, UsageError
-from vggviz.core.folders import Record
-from vggviz.core.text import write_error
-from vggviz.features.request import Hooks, Request, Summary, style_for, weights_identity
+from vggviz.core import folders, lifecycle, memory, per_image, values
+from vggviz.core.errors import UsageError
+from vggviz.core.lifecycle import Events, Summary
+from vggviz.features.request import JOB, Request, style_for
 
-__all__ = ["Hooks", "Request", "Summary", "run"]
-
-
-def prepare_output(out_dir: Path) -> None:
-    """Create ``out_dir`` and prove it writable now, before any model is loaded."""
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out_dir, prefix=".vggviz-probe"):
-            pass
-    except OSError as err:
-        raise OutputError(write_error(err.filename or out_dir, err)) from None
+__all__ = ["Request", "run"]
 
 
-def plan(
-    request: Request, stdin: BinaryIO | None = None
-) -> tuple[list[tuple[inputs.InputItem, Path]], inputs.Discovery, tuple[int, int] | None]:
-    """The (input, folder) pairs this run does, what discovery found, and the shard."""
-    shard = inputs.parse_shard(request.shard) if request.shard else None
-    found = inputs.find_images(request.images, stdin=stdin, exclude=request.out_dir)
-    dirs = folders.output_dirs(found.items, request.out_dir)
-    work = list(zip(found.items, dirs, strict=True))
-    if shard:
-        mine = {id(item) for item in inputs.shard(found.items, *shard)}
-        work = [(item, folder) for item, folder in work if id(item) in mine]
-    return work, found, shard
-
-
-def run(request: Request, hooks: Hooks | None = None, stdin: BinaryIO | None = None) -> Summary:
+def run(request: Request, events: Events | None = None, stdin: BinaryIO | None = None) -> Summary:
     """Do the whole job; see the module's docstring."""
-    hooks = hooks or Hooks()
     from vggviz.core.drawing import check_colormap
 
+    events = events or Events()
     style = style_for(request)
     try:
         check_colormap(style["cmap"])
     except ValueError as err:
         raise UsageError(f"{err}; see matplotlib's colormap list", param="cmap") from None
     grid = values.parse_grid(request.grid)
-    memory.check_memory(  # before anything heavy is loaded: --size 4000 must not take 9 GB
+    memory.check_memory(  # before anything heavy is loaded: a size of 4000 must not take 9 GB
         request.model.arch,
         request.size,
         batch_size=request.batch_size,
@@ -64,144 +38,73 @@ def run(request: Request, hooks: Hooks | None = None, stdin: BinaryIO | None = N
         save_raw=request.save_raw,
         tiles=None if grid == "all" else grid[0] * grid[1],
     )
-    work, found, shard = plan(request, stdin)
-    prepare_output(request.out_dir)
-    if passed := inputs.passed_over(found):
-        hooks.on_note(passed)
-    summary = Summary(total=len(work), problems=[str(p) for p in found.problems])
+    plan = lifecycle.plan(request.images, request.out_dir, request.shard, stdin)
+    lifecycle.prepare_output(request.out_dir, JOB)
+    summary = lifecycle.report(plan, events)
 
-    from vggviz.features import engine, pictures
-    from vggviz.model.layers import select_layers
+    from vggviz.features import engine, index_page, pictures
+    from vggviz.model.layers import chosen_layers
     from vggviz.model.loading import load
 
-    spec = request.model
-    loaded, note = load(spec)
+    loaded, note = load(request.model)
     if note:
-        hooks.on_note(note)
-    layers = select_layers(loaded.layers, request.layers)
-    if request.mode == "network":
-        for layer in layers:
-            layer.stage_module(request.stage)  # refuse bn on a model without BatchNorm now
+        events.note(note)
+    stage = request.stage if request.mode == "network" else None
+    layers = chosen_layers(loaded.layers, request.layers, stage)
     shaping = {
-        "arch": spec.arch,
-        "weights": weights_identity(spec.arch, spec.weights, spec.seed),
+        **lifecycle.model_identity(request.model),
         "mode": request.mode,
-        "stage": request.stage if request.mode == "network" else None,
+        "stage": stage,
         "size": request.size,
         "normalize": request.normalize,
         "layers": [layer.alias for layer in layers],
         **style,
-        "precision": spec.precision,
         "raw": request.save_raw,
         "overview": request.overview,
     }
-    job = engine.Job(
+    work = engine.FeaturesWork(
+        loaded,
+        layers,
         mode=request.mode,
         stage=request.stage,
-        size=request.size,
-        normalize=request.normalize,
         style=pictures.Style(**style),
         save_raw=request.save_raw,
         overview=request.overview,
+        fingerprint=folders.fingerprint(shaping),
+        size=request.size,
+        normalize=request.normalize,
         batch_size=request.batch_size,
         skip_existing=request.skip_existing,
-        fingerprint=folders.fingerprint(shaping),
     )
     run_info = {
-        "arch": spec.arch,
+        "arch": loaded.arch,
         "weights": loaded.weights,
         "mode": request.mode,
-        "stage": request.stage if request.mode == "network" else "-",
+        "stage": stage or "-",
         "device": str(loaded.device),
-        "precision": spec.precision,
+        "precision": request.model.precision,
         "date": time.strftime("%Y-%m-%d %H:%M"),
     }
-    try:
-        held = folders.claim_run(request.out_dir, shard)
-    except OSError as err:
-        raise OutputError(write_error(request.out_dir, err)) from None
-    try:
-        if held.suffix != folders.run_suffix(shard):
-            hooks.on_note(
-                f"another run is writing {folders.index_name(folders.run_suffix(shard))} here; "
-                f"this run's is {folders.index_name(held.suffix)}"
-            )
-        _write_run(loaded, layers, work, job, request, held.suffix, run_info, summary, hooks)
-    finally:
-        held.release()
-    if not folders.locks_supported():
-        hooks.on_note(
-            f"{request.out_dir}: this file system has no locks; runs sharing it at the same "
-            "time are not kept apart"
-        )
-    return summary
 
+    def filters(suffix: str) -> list[per_image.Figure]:
+        if not request.filters:
+            return []
+        first = loaded.layers[0]
+        path = pictures.draw_filters(loaded, first, request.out_dir, suffix=suffix)
+        return [(f"{first.alias} filters of this model", path)]
 
-def _write_run(loaded, layers, work, job, request, suffix, run_info, summary, hooks) -> None:
-    """The engine between the run's own files: filters first, manifest as it goes, index last."""
-    from vggviz.core import files
-    from vggviz.features import engine, index_page
-    from vggviz.features.pictures import draw_filters
-
-    out_dir = request.out_dir
-    for name in (folders.manifest_name(suffix), folders.index_name(suffix)):
-        files.clean_temporaries(out_dir, name)
-    figures = []
-    run_error: list[OutputError] = []
-    try:
-        if request.filters:
-            first = loaded.layers[0]
-            path = draw_filters(loaded, first, out_dir, suffix=suffix)
-            figures.append((f"{first.alias} filters of this model", path))
-        manifest = files.JsonLines(out_dir / folders.manifest_name(suffix))
-    except OSError as err:
-        raise OutputError(write_error(err.filename or out_dir, err)) from None
-
-    def record_done(record: Record) -> None:
-        status = record["status"]
-        setattr(summary, status, getattr(summary, status) + 1)
-        if not run_error:
-            try:
-                manifest.write(record)
-            except OSError as err:
-                run_error.append(OutputError(write_error(manifest.path, err)))
-        hooks.on_record(record)
-
-    hooks.on_start(len(work))
-    try:
-        complete, disk_full = engine.run(
-            loaded,
-            layers,
-            work,
-            job,
+    def index(out_dir: Path, records: list[Any], name: str, figures: list[Any]) -> Path:
+        counts = {"done": summary.ok, "failed": summary.error, "skipped": summary.skipped}
+        return index_page.write_index(
             out_dir,
-            record_done,
-            should_stop=lambda: bool(run_error) or hooks.should_stop(),
-        )
-    except BaseException:
-        manifest.abort()
-        raise
-    summary.complete, summary.disk_full = complete, disk_full
-    if run_error:
-        manifest.abort()
-        raise run_error[0]
-    try:
-        summary.manifest = manifest.close()
-        lines = summary.manifest.read_text("utf-8").splitlines()
-        info = {
-            **run_info,
-            "done": str(summary.ok),
-            "failed": str(summary.error),
-            "skipped": str(summary.skipped),
-        }
-        summary.index = index_page.write_index(
-            out_dir,
-            [json.loads(line) for line in lines],
+            records,
             title=f"vggviz: {loaded.arch}",
-            run_info=info,
-            name=folders.index_name(suffix),
+            run_info={**run_info, **{k: str(v) for k, v in counts.items()}},
+            name=name,
             figures=figures,
         )
-    except OSError as err:
-        manifest.abort()
-        raise OutputError(write_error(err.filename or out_dir, err)) from None
+
+    pairs = per_image.pairs(plan, request.out_dir)
+    return per_image.run_images(
+        work, pairs, request.out_dir, plan.shard, events, summary, index=index, before=filters
+    )

@@ -13,9 +13,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
-from vggviz.core import drawing, files, folders
+from vggviz.core import drawing, files
 from vggviz.core.drawing import BACKGROUND, FOREGROUND, MUTED, PAD, ColourBar
 from vggviz.core.errors import UsageError
+from vggviz.features import folders
 
 if TYPE_CHECKING:
     from vggviz.model.layers import ConvLayer

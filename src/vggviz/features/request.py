@@ -1,17 +1,17 @@
-"""What ``vggviz features`` is asked to do and what it reports: the request the command line
-builds, the hooks through which a run talks back, its summary, and the identity of the
-weights and the picture options that a finished image's fingerprint holds."""
+"""What ``vggviz features`` is asked to do: the request the command line builds, and the
+picture options it stands for. A run reports through :class:`vggviz.core.lifecycle.Events`
+and returns a :class:`vggviz.core.lifecycle.Summary`, as every job does."""
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vggviz.core.folders import Record
-from vggviz.core.vocabulary import IMAGENET_FILES, STYLE_DEFAULTS, ModelSpec
+from vggviz.core.vocabulary import STYLE_DEFAULTS, ModelSpec
+
+JOB = "features"
 
 
 @dataclass(frozen=True)
@@ -39,39 +39,6 @@ class Request:
     shard: str | None = None
 
 
-@dataclass
-class Summary:
-    """How a run went, for the closing line and the exit code."""
-
-    total: int  # inputs this run (or shard) had to do
-    ok: int = 0
-    error: int = 0
-    skipped: int = 0
-    problems: list[str] = field(default_factory=list)  # folders that could not be listed
-    complete: bool = True  # False: stopped early (a signal, a full disk, stdout gone)
-    disk_full: str | None = None
-    index: Path | None = None
-    manifest: Path | None = None
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def finished(self) -> int:
-        return self.ok + self.error + self.skipped
-
-    def line(self) -> str:
-        return f"{self.ok} done, {self.error} failed, {self.skipped} skipped"
-
-
-@dataclass(frozen=True)
-class Hooks:
-    """How the job talks back to its caller while it runs."""
-
-    on_record: Callable[[Record], None] = lambda _record: None
-    on_start: Callable[[int], None] = lambda _total: None  # model loaded, N inputs to go
-    on_note: Callable[[str], None] = lambda _text: None
-    should_stop: Callable[[], bool] = lambda: False
-
-
 def style_for(request: Request) -> dict[str, Any]:
     """The picture options, with the mode's defaults where none were given."""
     defaults = STYLE_DEFAULTS[request.mode]
@@ -82,16 +49,3 @@ def style_for(request: Request) -> dict[str, Any]:
         "scale": request.scale or defaults["scale"],
         "overlay": request.overlay,
     }
-
-
-def weights_identity(arch: str, weights: str, seed: int) -> str:
-    """What the weights are, for the fingerprint: a file is known by path, size and mtime."""
-    if weights == "random":
-        return f"random:{seed}"
-    if weights == "imagenet":
-        return f"imagenet:{IMAGENET_FILES[arch]}"
-    try:
-        st = os.stat(weights)
-    except OSError:
-        return f"file:{weights}"
-    return f"file:{os.path.realpath(weights)}:{st.st_size}:{st.st_mtime_ns}"

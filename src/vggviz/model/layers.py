@@ -9,7 +9,7 @@ from torch import nn
 
 from vggviz.core.errors import UsageError
 
-__all__ = ["ConvLayer", "find_conv_layers", "select_layers"]
+__all__ = ["ConvLayer", "chosen_layers", "find_conv_layers", "select_layers"]
 
 
 @dataclass(frozen=True)
@@ -88,6 +88,18 @@ def select_layers(layers: Sequence[ConvLayer], spec: str) -> list[ConvLayer]:
     if not chosen:
         raise UsageError(f"no layer selected by {spec!r}")
     return sorted(chosen, key=lambda la: la.index)
+
+
+def chosen_layers(
+    layers: Sequence[ConvLayer], spec: str, stage: str | None = None
+) -> list[ConvLayer]:
+    """:func:`select_layers`, refusing now (UsageError) a ``stage`` one of them lacks (bn in a
+    model without BatchNorm), before any work is done."""
+    chosen = select_layers(layers, spec)
+    if stage is not None:
+        for layer in chosen:
+            layer.stage_module(stage)
+    return chosen
 
 
 def _lookup(by_key: dict[str, ConvLayer], key: str, layers: Sequence[ConvLayer]) -> ConvLayer:

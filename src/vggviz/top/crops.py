@@ -30,7 +30,8 @@ from vggviz.model.receptive import ReceptiveField, layer_field
 from vggviz.top.ranking import NO_INPUT, TopK
 
 if TYPE_CHECKING:
-    from vggviz.top.request import TopEvents, TopOptions
+    from vggviz.core.lifecycle import Events
+    from vggviz.top.request import TopOptions
 
 RELATIVE_TOLERANCE = 1e-3
 
@@ -167,7 +168,7 @@ def run_pass2(
     items: Sequence[InputItem],
     options: TopOptions,
     out_dir: Path,
-    events: TopEvents,
+    events: Events,
 ) -> Crops:
     """Every input in any channel's top-K runs once more (in input order, all of its layers
     in one forward); its values must match the scan's to 1e-3 relative, else an

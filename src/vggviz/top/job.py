@@ -22,92 +22,89 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from vggviz.core import files, inputs
+from vggviz.core import files, lifecycle
 from vggviz.core.errors import UsageError, VggvizError
 from vggviz.core.inputs import InputItem
+from vggviz.core.lifecycle import Events, Plan, Summary
 from vggviz.model.layers import ConvLayer
 from vggviz.model.loading import LoadedModel
 from vggviz.top import checkpoint
 from vggviz.top.checkpoint import Fingerprint, ScanState
 from vggviz.top.ranking import ChannelStats, TopK, channel_stats
-from vggviz.top.request import TOP_JSON, TopEvents, TopOptions, TopRequest, TopResult
+from vggviz.top.request import JOB, TOP_JSON, TopOptions, TopRequest
 from vggviz.top.scan import merged_tops, partials, scan, write_matrix
 
 if TYPE_CHECKING:
     from vggviz.top.crops import LayerCrops
 
-__all__ = ["TopEvents", "TopOptions", "TopRequest", "TopResult", "run", "run_top"]
+__all__ = ["TopOptions", "TopRequest", "run", "run_top"]
 
 
-def run(request: TopRequest, events: TopEvents | None = None, stdin: Any = None) -> TopResult:
-    """The job in one call: find the inputs (never inside ``out_dir``), load the model, then
-    :func:`run_top`. Folders that could not be listed are in the result's ``failed``."""
-    from vggviz.model.layers import select_layers
+def run(request: TopRequest, events: Events | None = None, stdin: Any = None) -> Summary:
+    """The job in one call, on the shared lifecycle (:mod:`vggviz.core.lifecycle`): check the
+    options, plan the inputs (never inside ``out_dir``), prepare the output folder, load the
+    model, then :func:`run_top`."""
+    from vggviz.model.layers import chosen_layers
     from vggviz.model.loading import load
 
-    events = events or TopEvents()
+    events = events or Events()
     request.options.check()
-    shard = inputs.parse_shard(request.shard) if request.shard else None
-    found = inputs.find_images(request.images, stdin=stdin, exclude=request.out_dir)
-    if passed := inputs.passed_over(found):
-        events.note(passed)
-    for problem in found.problems:
-        events.failed(str(problem))
+    if request.shard and request.merge:
+        raise UsageError("--merge combines the shards' results; it takes no --shard")
+    plan = lifecycle.plan(request.images, request.out_dir, request.shard, stdin)
+    lifecycle.prepare_output(request.out_dir, JOB)
+    summary = lifecycle.report(plan, events)
     loaded, note = load(request.model)
     if note:
         events.note(note)
-    result = run_top(
+    layers = chosen_layers(loaded.layers, request.layers, request.options.stage)
+    return run_top(
         loaded,
-        select_layers(loaded.layers, request.layers),
-        found.items,
+        layers,
+        plan,
         request.options,
         request.out_dir,
-        shard=shard,
         merge=request.merge,
         events=events,
+        summary=summary,
     )
-    result.failed[:0] = [str(p) for p in found.problems]
-    return result
 
 
 def run_top(
     loaded: LoadedModel,
     layers: Sequence[ConvLayer],
-    items: Sequence[InputItem],
+    plan: Plan,
     options: TopOptions,
     out_dir: Path,
     *,
-    shard: tuple[int, int] | None = None,
     merge: bool = False,
-    events: TopEvents | None = None,
-) -> TopResult:
-    """The whole job. ``items`` is the full input list, in order (an input's number is its
-    position, which breaks ties). With ``shard`` only that part is scanned and the partial
-    result is left in ``out_dir``; with ``merge`` the partial results of every shard in
-    ``out_dir`` are combined instead of scanning. Otherwise the scan (resumed from its
-    checkpoint when there is one) is followed by pass 2 and all outputs."""
+    events: Events | None = None,
+    summary: Summary | None = None,
+) -> Summary:
+    """Everything after the model is loaded. ``plan.items`` is the full input list, in order
+    (an input's number is its position, which breaks ties). With ``plan.shard`` only that part
+    is scanned and the partial result is left in ``out_dir``; with ``merge`` the partial
+    results of every shard in ``out_dir`` are combined instead of scanning. Otherwise the scan
+    (resumed from its checkpoint when there is one) is followed by pass 2 and all outputs."""
     options.check()
-    if shard and merge:
-        raise UsageError("--merge combines the shards' results; it takes no --shard")
+    items = plan.items
     if not items:
         raise UsageError("no inputs")
-    events = events or TopEvents()
-    for layer in layers:
-        layer.stage_module(options.stage)  # refuse --stage bn without BatchNorm now
+    events = events or Events()
+    summary = summary or Summary(total=len(plan.mine))
+    summary.unit, summary.done_word, summary.skips = "input(s)", "scanned", False
     fingerprint = Fingerprint.of(_fingerprint_options(loaded, layers, options), _paths(items))
     if merge:
         parts = partials(out_dir, fingerprint)
     else:
-        numbered = list(enumerate(items))
-        if shard:
-            mine = {id(item) for item in inputs.shard(items, *shard)}
-            numbered = [(n, item) for n, item in numbered if id(item) in mine]
-        folder = checkpoint.scan_dir(out_dir, shard)
-        state = scan(loaded, layers, numbered, options, folder, fingerprint, shard, events)
-        if shard:
-            return TopResult(state.scanned, state.failed, scan_dir=folder)
+        folder = checkpoint.scan_dir(out_dir, plan.shard)
+        state = scan(loaded, layers, plan.work(), options, folder, fingerprint, plan.shard, events)
+        if plan.shard:
+            summary.ok, summary.error = state.scanned, len(state.failed)
+            summary.outputs["partial"] = folder
+            return summary
         parts = [(folder, state)]
-    return _finish(loaded, layers, items, options, out_dir, parts, events)
+    return _finish(loaded, layers, items, options, out_dir, parts, events, summary)
 
 
 def _paths(items: Sequence[InputItem]) -> list[str]:
@@ -136,8 +133,9 @@ def _finish(
     options: TopOptions,
     out_dir: Path,
     parts: Sequence[tuple[Path, ScanState]],
-    events: TopEvents,
-) -> TopResult:
+    events: Events,
+    summary: Summary,
+) -> Summary:
     from vggviz.top.crops import run_pass2
     from vggviz.top.pictures import draw_outputs
 
@@ -175,7 +173,9 @@ def _finish(
     top_json = files.save_json(result, out_dir / TOP_JSON)  # last: its presence means done
     seconds = time.perf_counter() - started
     events.note(f"pass 2: {crops.reruns} input(s) run again, crops and pictures in {seconds:.1f} s")
-    return TopResult(scanned, failed, top_json=top_json, index=index)
+    summary.ok, summary.error = scanned, len(failed)
+    summary.outputs.update(result=top_json, index=index)
+    return summary
 
 
 def _number(value: float) -> float:

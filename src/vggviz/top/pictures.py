@@ -24,10 +24,11 @@ from vggviz.core import drawing, files
 from vggviz.core.drawing import BACKGROUND, FOREGROUND, MUTED, PAD
 
 if TYPE_CHECKING:
+    from vggviz.core.lifecycle import Events
     from vggviz.model.layers import ConvLayer
     from vggviz.model.loading import LoadedModel
     from vggviz.top.crops import Crops
-    from vggviz.top.request import TopEvents, TopOptions
+    from vggviz.top.request import TopOptions
 
 CROP_MIN = 88  # smaller crops are enlarged by a whole factor to at least about this (3 px -> 90)
 CROP_MAX = 256  # larger crops (VGG19's deepest layers) are reduced to this
@@ -255,7 +256,7 @@ def draw_outputs(
     crops: Crops,
     options: TopOptions,
     out_dir: Path,
-    events: TopEvents,
+    events: Events,
 ) -> Path:
     """Pages per layer, one strip per channel, and index.html; returns the index's path."""
     from vggviz.top import index_page

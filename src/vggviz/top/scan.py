@@ -18,13 +18,14 @@ import torch
 from vggviz.core import files, images, inputs
 from vggviz.core.errors import InputError, UsageError, VggvizError
 from vggviz.core.inputs import InputItem
+from vggviz.core.lifecycle import Events
 from vggviz.model.hooks import capture, forward
 from vggviz.model.layers import ConvLayer
 from vggviz.model.loading import LoadedModel
 from vggviz.top import checkpoint
 from vggviz.top.checkpoint import Fingerprint, ScanState
 from vggviz.top.ranking import TopK
-from vggviz.top.request import MATRIX_DIR, TopEvents, TopOptions
+from vggviz.top.request import MATRIX_DIR, TopOptions
 
 _LOOKAHEAD = 4  # inputs decoded ahead of the network on a second thread
 
@@ -71,7 +72,7 @@ def scan(
     folder: Path,
     fingerprint: Fingerprint,
     shard: tuple[int, int] | None,
-    events: TopEvents,
+    events: Events,
 ) -> ScanState:
     """Pass 1 over ``work`` (input number, item), resumed from ``folder``'s checkpoint when
     it was made with the same fingerprint; returns the final (complete) state."""

@@ -1,0 +1,578 @@
+"""The engine every per-image job runs on (``features``, ``explain``): (input, folder) pairs in,
+finished image folders and one record per input out, in input order, with flat memory however
+many inputs there are. Torch-free: a job brings the model through its :class:`ImageWork`.
+
+What the engine does, for every input in order: check that its folder stays inside the output
+folder; identify the file (real path, size, mtime); with ``skip_existing``, skip a folder
+already finished from the same file with the same fingerprint; decode and resize it
+(``core/images``), letting the job refuse an image too large for memory; claim its folder
+(another live run's folder is skipped); then batch equal shapes (``core/inputs``). Each
+batch goes to the job's :meth:`ImageWork.process` on the main thread; what the job hands to
+:meth:`Batch.draw` runs on one drawing thread, in order, while the next batch computes; PNGs
+are encoded on two more threads. Every image then ends in exactly one of two ways: finished
+(its pictures, then ``record.json`` last) or discarded (what this run wrote removed, the folder
+given up). Records are delivered in input order. A full disk or ``events.should_stop()`` ends
+the run early: a flag polled between steps, never an exception thrown into one.
+
+How a new per-image job plugs in (``explain`` as the example)::
+
+    class ExplainOutput(per_image.ImageOutput):
+        def draw(self, scores, heat) -> None:       # runs on the drawing thread
+            if self.live:
+                self.save(picture(self.photo, scores, heat), self.folder / "explain.png")
+                self.scores = scores
+        def fields(self) -> dict:                   # the job's part of record.json
+            return {"classes": self.scores}
+
+    class ExplainWork(per_image.ImageWork):
+        output_type = ExplainOutput
+        def owns(self, name) -> bool:                # files it writes in an image folder
+            return name in ("explain.png", "scores.npz")
+        def process(self, batch) -> None:            # main thread: the model's work
+            x = torch.from_numpy(batch.arrays()).to(device)
+            ...                                       # forwards, gradients; poll batch.stopping()
+            for out, s, h in zip(batch.outputs, scores, heats):
+                batch.draw(out.draw, s, h)
+
+    summary = lifecycle.report(plan, events)
+    per_image.run_images(work, per_image.pairs(plan, out_dir), out_dir, plan.shard, events,
+                         summary, index=write_my_index)
+
+``run_images`` claims the run's manifest name, writes ``manifest.jsonl`` as records come and
+the job's index page last, and fills the :class:`~vggviz.core.lifecycle.Summary`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+from PIL import Image
+
+from vggviz.core import files, folders, images, inputs, lifecycle
+from vggviz.core.errors import InputError, OutputError
+from vggviz.core.folders import Record
+from vggviz.core.inputs import InputItem
+from vggviz.core.lifecycle import Events, Plan, Summary
+from vggviz.core.text import display, write_error
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+Figure = tuple[str, Path]  # a run-wide picture for the index: (caption, path)
+Writer = Callable[[Image.Image, Path], Path]  # files.save_png, files.save_jpeg
+
+
+@dataclass
+class Prepared:
+    """One input decoded and its folder claimed: what a batch holds."""
+
+    item: InputItem
+    claim: folders.Claim
+    ident: folders.Identity
+    photo: np.ndarray  # (H, W, 3) uint8: the photo resized for the model
+    array: np.ndarray  # (3, H, W) float32: the network's input made from it
+
+    @property
+    def folder(self) -> Path:
+        return self.claim.folder
+
+
+class ImageOutput:
+    """One image's outputs while this run holds its folder. A job subclasses it with the
+    methods its :meth:`ImageWork.process` hands to :meth:`Batch.draw` (they run on the drawing
+    thread, in order), and overrides :meth:`complete`, :meth:`abort` and :meth:`fields`.
+
+    Pictures go through :meth:`save` (encoded on the encoder threads, listed as outputs); an
+    OSError while drawing goes to :meth:`failed`. Once :attr:`live` is False (an error, or the
+    run stopped mid-batch) drawing anything more is wasted: the image will be discarded.
+    """
+
+    def __init__(
+        self,
+        prepared: Prepared,
+        work: ImageWork,
+        encoder: Executor,
+        on_disk_full: Callable[[str], None],
+    ) -> None:
+        self.item, self.claim, self.folder = prepared.item, prepared.claim, prepared.folder
+        self.photo, self.ident = prepared.photo, prepared.ident
+        self.work, self.encoder, self.on_disk_full = work, encoder, on_disk_full
+        self.encoding: list[Future[Path]] = []
+        self.outputs: list[Path] = []
+        self.error: str | None = None
+        self.disk_full = False
+        self.abandoned = False
+
+    @property
+    def live(self) -> bool:
+        return not (self.error or self.abandoned)
+
+    # --- for the job's drawing methods ----------------------------------------------------
+
+    def save(self, image: Image.Image, path: Path, writer: Writer | None = None) -> Path:
+        """Write ``image`` at ``path`` on an encoder thread (``files.save_png`` by default)."""
+        self.outputs.append(path)
+        self.encoding.append(self.encoder.submit(writer or files.save_png, image, path))
+        return path
+
+    def failed(self, err: OSError) -> None:
+        """A write for this image failed: it ends as an error record (a full disk also stops
+        the run)."""
+        if not self.error:
+            self.error = write_error(err.filename or self.folder, err)
+            self.disk_full = err.errno in DISK_FULL
+            if self.disk_full:
+                self.on_disk_full(self.error)
+
+    # --- what a job overrides ---------------------------------------------------------------
+
+    def begin(self) -> None:
+        """After the folder is emptied, before any drawing (e.g. open a staged file)."""
+
+    def complete(self) -> None:
+        """On the drawing thread, after every drawing step and before the record: the last
+        pictures (e.g. an overview) and staged files (add them to :attr:`outputs`)."""
+
+    def abort(self) -> None:
+        """Throw away what :meth:`begin` opened and :meth:`complete` did not finish."""
+
+    def fields(self) -> dict[str, Any]:
+        """The job's own fields of the image's record."""
+        return {}
+
+    # --- for the engine ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Empty the folder of an earlier run's outputs, its record first: a kill from here on
+        leaves a folder without a record, which every later run redoes."""
+        owned = sorted(
+            folders.owned_files(self.folder, self.work.owns),
+            key=lambda p: p.name != folders.RECORD,
+        )
+        for path in owned:
+            path.unlink(missing_ok=True)
+        files.clean_temporaries(self.folder)
+        self.begin()
+
+    def _wait_for_encoding(self) -> None:
+        for future in self.encoding:
+            try:
+                future.result()
+            except OSError as err:
+                self.failed(err)
+        self.encoding = []
+
+    def finish(self) -> Record | None:
+        """Complete the image and write its record (last); on any failure remove what this
+        run wrote. Returns the image's record, or None when it was abandoned."""
+        try:
+            if self.live:
+                self.complete()
+            self._wait_for_encoding()
+            if self.live:
+                record = self.record()
+                files.save_json(record, self.folder / folders.RECORD)
+                self.claim.release()
+                return record
+        except OSError as err:
+            self.failed(err)
+        self.discard()
+        if self.abandoned:
+            return None
+        return error_record(self.item, self.error or "failed", self.work.empty, self.disk_full)
+
+    def discard(self) -> None:
+        """Remove what this run wrote for the image (half an image's pictures mislead) and
+        give the folder up, removing it if that leaves it empty."""
+        self._wait_for_encoding()
+        with contextlib.suppress(OSError, ValueError):
+            self.abort()
+        for path in self.outputs:
+            with contextlib.suppress(OSError):
+                path.unlink(missing_ok=True)
+        self.outputs = []
+        self.claim.release(remove_folder=True)
+
+    def record(self) -> Record:
+        return {  # type: ignore[typeddict-item]
+            "input": str(self.item.path),
+            "status": "ok",
+            "folder": str(self.folder),
+            "size": list(self.photo.shape[:2]),
+            "outputs": [str(p) for p in [*self.outputs, self.folder / folders.RECORD]],
+            **self.fields(),
+            "identity": self.ident,
+            "fingerprint": self.work.fingerprint,
+        }
+
+
+class ImageWork:
+    """What a per-image job brings to the engine; subclass it and implement :meth:`process`.
+
+    ``fingerprint`` digests every option that shapes the outputs (``folders.fingerprint``):
+    a finished folder with another fingerprint is redone, never skipped.
+    """
+
+    output_type: ClassVar[type[ImageOutput]] = ImageOutput
+    backlog: int = 8  # drawing steps waiting at most; bounds the memory of maps in flight
+    empty: ClassVar[Mapping[str, Any]] = {}  # the job's fields of a record without outputs
+
+    def __init__(
+        self,
+        *,
+        fingerprint: str,
+        size: int = 224,
+        normalize: bool = True,
+        batch_size: int = 1,
+        skip_existing: bool = False,
+    ) -> None:
+        self.fingerprint, self.size, self.normalize = fingerprint, size, normalize
+        self.batch_size, self.skip_existing = batch_size, skip_existing
+
+    def owns(self, name: str) -> bool:
+        """Whether a file of this name in an image folder is one this job writes (and so may
+        replace or remove); ``record.json`` always is."""
+        return False
+
+    def check_image(self, item: InputItem, width: int, height: int) -> None:
+        """Refuse (InputError) an image whose resized size the run cannot afford, before its
+        input is made; the run was checked for square images, a panorama may be more."""
+
+    def process(self, batch: Batch) -> None:
+        """The model's work for one batch, on the main thread: compute, then hand each image's
+        drawing to ``batch.draw``. Poll ``batch.stopping()`` between long steps and call
+        ``batch.abandon()`` to give the batch up. A RuntimeError (out of memory) fails every
+        image of the batch with its first line."""
+        raise NotImplementedError
+
+
+class Batch:
+    """Images of one shape, processed together: what :meth:`ImageWork.process` gets."""
+
+    def __init__(
+        self,
+        prepared: list[Prepared],
+        outputs: list[ImageOutput],
+        draw: Callable[..., None],
+        stopping: Callable[[], bool],
+    ) -> None:
+        self.prepared, self.outputs = prepared, outputs
+        self._draw, self._stopping = draw, stopping
+
+    def arrays(self) -> np.ndarray:
+        """The network's input: (N, 3, H, W) float32."""
+        return np.stack([p.array for p in self.prepared])
+
+    def draw(self, step: Callable[..., Any], *args: Any) -> None:
+        """Run ``step(*args)`` on the drawing thread, after every step handed over before."""
+        self._draw(step, *args)
+
+    def stopping(self) -> bool:
+        """A stop was asked for (a signal, a full disk): leave the batch soon."""
+        return self._stopping()
+
+    def abandon(self) -> None:
+        """Give up every image of the batch: each is discarded and gets no record."""
+        for out in self.outputs:
+            out.abandoned = True
+
+
+def error_record(
+    item: InputItem, message: str, empty: Mapping[str, Any] = {}, disk_full: bool = False
+) -> Record:
+    record: Record = {"input": str(item.path), "status": "error", "error": message}
+    if disk_full:
+        record["reason"] = "disk full"
+    return {**record, "outputs": [], **empty}  # type: ignore[typeddict-item]
+
+
+def skipped_record(
+    item: InputItem,
+    folder: Path,
+    reason: str,
+    earlier: Record | None,
+    empty: Mapping[str, Any] = {},
+) -> Record:
+    """An input not redone: ``earlier`` is the finished record it matched, if any."""
+    base = earlier or {"folder": str(folder), "outputs": [], **empty}
+    return {**base, "input": str(item.path), "status": "skipped", "reason": reason}  # type: ignore[typeddict-item]
+
+
+class _Backlog:
+    """Futures of the drawing thread, waited for in order once too many are pending, so that
+    memory stays flat; each one's record is delivered in input order."""
+
+    def __init__(self, limit: int, deliver: Callable[[Record], None]) -> None:
+        self.limit = limit
+        self.deliver = deliver
+        self.pending: deque[Future[Record | None]] = deque()
+
+    def add(self, future: Future[Any]) -> None:
+        self.pending.append(future)
+        while len(self.pending) > self.limit:
+            self.pop()
+
+    def pop(self) -> None:
+        record = self.pending[0].result()
+        self.pending.popleft()
+        if record is not None:
+            self.deliver(record)
+
+    def drain(self) -> None:
+        while self.pending:
+            self.pop()
+
+
+def _resolved(value: Any) -> Future[Any]:
+    future: Future[Any] = Future()
+    future.set_result(value)
+    return future
+
+
+class Engine:
+    """One run over (input, folder) pairs; see :func:`run`."""
+
+    def __init__(
+        self,
+        work: ImageWork,
+        out_dir: Path,
+        on_record: Callable[[Record], None],
+        should_stop: Callable[[], bool],
+    ) -> None:
+        self.work, self.out_dir = work, out_dir
+        self.should_stop = should_stop
+        self.disk_full: str | None = None
+        self.on_record = on_record
+
+    def full(self, message: str) -> None:
+        """A write found the disk full (from any thread): no new image is started."""
+        self.disk_full = self.disk_full or message
+
+    def stopping(self) -> bool:
+        return self.disk_full is not None or self.should_stop()
+
+    def run(self, pairs: Sequence[tuple[InputItem, Path]]) -> bool:
+        """Process the pairs in order; True when all were tried, False when stopped early."""
+        delivered = 0
+
+        def deliver(record: Record) -> None:
+            nonlocal delivered
+            delivered += 1
+            self.on_record(record)
+
+        pending: dict[int, Prepared] = {}  # decoded and claimed, not yet handed over
+
+        def prepared() -> Iterator[Prepared | Record]:
+            for item, folder in pairs:
+                if self.stopping():
+                    return
+                result = self._prepare(item, folder)
+                if isinstance(result, Prepared):
+                    pending[id(result)] = result
+                yield result
+
+        with (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="vggviz-draw") as pool,
+            ThreadPoolExecutor(max_workers=2, thread_name_prefix="vggviz-png") as encoder,
+        ):
+            backlog = _Backlog(self.work.backlog, deliver)
+            try:
+                batches = inputs.batch_by_shape(prepared(), self.work.batch_size, _shape)
+                for batch, passed in batches:
+                    for p in batch:
+                        del pending[id(p)]
+                    if batch and self.stopping():
+                        for p in batch:
+                            p.claim.release(remove_folder=True)
+                    elif batch:
+                        self._process(batch, pool, encoder, backlog)
+                    for record in passed:
+                        backlog.add(_resolved(record))
+            finally:  # stopped early: give up the folders claimed but never processed
+                for p in pending.values():
+                    p.claim.release(remove_folder=True)
+            backlog.drain()
+        return delivered == len(pairs) and not self.disk_full
+
+    def _prepare(self, item: InputItem, folder: Path) -> Prepared | Record:
+        work, empty = self.work, self.work.empty
+        try:
+            if not _inside(folder, self.out_dir):
+                message = f"{folder}: output folder leads outside {self.out_dir}"
+                return error_record(item, message, empty)
+            ident = lifecycle.identity(item.path)  # None: decoding says what is wrong
+            if work.skip_existing and ident is not None:
+                earlier = folders.finished(folder, work.fingerprint, ident)
+                if earlier is not None:
+                    _sweep(folder)
+                    return skipped_record(item, folder, "finished earlier", earlier, empty)
+
+            def check(width: int, height: int) -> None:
+                work.check_image(item, width, height)
+
+            photo, array = images.for_model(item.path, work.size, work.normalize, check)
+            if ident is None:
+                raise InputError(item.path, "cannot read file")
+            try:
+                claim = folders.claim(folder)
+            except folders.Held as held:
+                return skipped_record(item, folder, str(held), None, empty)
+            if work.skip_existing:  # another run may have finished it meanwhile
+                earlier = folders.finished(folder, work.fingerprint, ident)
+                if earlier is not None:
+                    claim.release()
+                    return skipped_record(item, folder, "finished earlier", earlier, empty)
+        except InputError as err:
+            return error_record(item, str(err), empty)
+        except OSError as err:
+            message = write_error(err.filename or folder, err)
+            if err.errno in DISK_FULL:
+                self.full(message)
+            return error_record(item, message, empty, err.errno in DISK_FULL)
+        return Prepared(item, claim, ident, photo, array)
+
+    def _process(self, prepared: list[Prepared], pool, encoder, backlog: _Backlog) -> None:
+        outs = [self.work.output_type(p, self.work, encoder, self.full) for p in prepared]
+        for out in outs:
+            try:
+                out.start()
+            except OSError as err:
+                out.failed(err)
+
+        def draw(step: Callable[..., Any], *args: Any) -> None:
+            backlog.add(pool.submit(step, *args))
+
+        batch = Batch(prepared, outs, draw, self.stopping)
+        failure = None
+        try:
+            self.work.process(batch)
+        except RuntimeError as err:  # e.g. out of memory on a huge image
+            failure = str(err).strip().splitlines()[0] if str(err).strip() else "RuntimeError"
+        for out in outs:
+            if failure:
+                out.error = f"{out.item.path}: the forward pass failed ({failure})"
+            backlog.add(pool.submit(out.finish))
+
+
+def _shape(result: Prepared | Record) -> tuple[int, ...] | None:
+    return result.array.shape if isinstance(result, Prepared) else None
+
+
+def _sweep(folder: Path) -> None:
+    """Remove a killed run's temporaries from a finished folder, unless a live run holds it."""
+    try:
+        claim = folders.claim(folder)
+    except (folders.Held, OSError):
+        return
+    try:
+        files.clean_temporaries(folder)
+    finally:
+        claim.release()
+
+
+def _inside(folder: Path, out_dir: Path) -> bool:
+    """False when a link already in the output tree would take writes elsewhere."""
+    return Path(os.path.realpath(folder)).is_relative_to(os.path.realpath(out_dir))
+
+
+# --- the run around the engine ---------------------------------------------------------------
+
+
+def pairs(plan: Plan, out_dir: Path) -> list[tuple[InputItem, Path]]:
+    """(input, its folder) for every input this run does. Folders are named from the whole
+    input list (``folders.output_dirs``), so every shard agrees on them."""
+    dirs = folders.output_dirs(plan.items, out_dir)
+    return [(plan.items[n], dirs[n]) for n in plan.mine]
+
+
+Index = Callable[[Path, list[dict[str, Any]], str, list[Figure]], Path]
+
+
+def run_images(
+    work: ImageWork,
+    pairs: Sequence[tuple[InputItem, Path]],
+    out_dir: Path,
+    shard: tuple[int, int] | None,
+    events: Events,
+    summary: Summary,
+    *,
+    index: Index,
+    before: Callable[[str], list[Figure]] = lambda _suffix: [],
+) -> Summary:
+    """The per-image run: claim a manifest name in ``out_dir`` (another live run's leads to
+    ``-2``, ``-3``... and a note), ``before(suffix)`` for run-wide pictures, the engine with
+    ``manifest<suffix>.jsonl`` written as records come (each also goes to ``events.record``),
+    and ``index(out_dir, records, name, figures)`` last. Fills and returns ``summary``.
+    Raises OutputError when the run's own files cannot be written."""
+    try:
+        held = folders.claim_run(out_dir, shard)
+    except OSError as err:
+        raise OutputError(write_error(out_dir, err)) from None
+    try:
+        if held.suffix != folders.run_suffix(shard):
+            events.note(
+                f"another run is writing {folders.index_name(folders.run_suffix(shard))} here; "
+                f"this run's is {folders.index_name(held.suffix)}"
+            )
+        _run_files(work, pairs, out_dir, held.suffix, events, summary, index, before)
+    finally:
+        held.release()
+    if not files.locks_supported():
+        events.note(
+            f"{display(str(out_dir))}: this file system has no locks; runs sharing it at the "
+            "same time are not kept apart"
+        )
+    return summary
+
+
+def _run_files(work, pairs, out_dir, suffix, events, summary, index, before) -> None:
+    """The engine between the run's own files: run-wide pictures first, the manifest as it
+    goes, the index last."""
+    for name in (folders.manifest_name(suffix), folders.index_name(suffix)):
+        files.clean_temporaries(out_dir, name)
+    run_error: list[OutputError] = []
+    try:
+        figures = before(suffix)
+        manifest = files.JsonLines(out_dir / folders.manifest_name(suffix))
+    except OSError as err:
+        raise OutputError(write_error(err.filename or out_dir, err)) from None
+
+    def record_done(record: Record) -> None:
+        status = record["status"]
+        setattr(summary, status, getattr(summary, status) + 1)
+        if not run_error:
+            try:
+                manifest.write(record)  # type: ignore[arg-type]
+            except OSError as err:
+                run_error.append(OutputError(write_error(manifest.path, err)))
+        events.record(record)
+
+    events.start(len(pairs))
+    events.phase("images", len(pairs))
+    engine = Engine(work, out_dir, record_done, lambda: bool(run_error) or events.should_stop())
+    try:
+        summary.complete = engine.run(pairs)
+    except BaseException:
+        manifest.abort()
+        raise
+    summary.disk_full = engine.disk_full
+    if run_error:
+        manifest.abort()
+        raise run_error[0]
+    try:
+        summary.outputs["manifest"] = manifest.close()
+        lines = summary.outputs["manifest"].read_text("utf-8").splitlines()
+        records = [json.loads(line) for line in lines]
+        summary.outputs["index"] = index(out_dir, records, folders.index_name(suffix), figures)
+    except OSError as err:
+        manifest.abort()
+        raise OutputError(write_error(err.filename or out_dir, err)) from None
