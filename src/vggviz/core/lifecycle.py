@@ -32,10 +32,10 @@ import fnmatch
 import os
 import stat
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Generic, Protocol, TypeVar
 
 from vggviz.core import files, folders, inputs
 from vggviz.core.errors import OutputError, UsageError
@@ -45,6 +45,7 @@ from vggviz.core.text import display, write_error
 from vggviz.core.vocabulary import IMAGENET_FILES, JOB_FILES, ModelSpec
 
 JOB_MARKER = ".vggviz-job"  # names the job whose outputs a folder holds
+M = TypeVar("M")  # the job's loaded model
 
 
 class Events:
@@ -142,6 +143,42 @@ def plan(
         chosen = {id(item) for item in inputs.shard(found.items, *part)}
         numbers = [n for n in numbers if id(found.items[n]) in chosen]
     return Plan(found.items, numbers, part, found)
+
+
+@dataclass
+class Started(Generic[M]):
+    """A run under way: its inputs, the summary it fills in, and its model."""
+
+    plan: Plan
+    summary: Summary
+    model: M
+
+
+class Request(Protocol):
+    """What every job's request has: its inputs, its output folder and its shard (K/N)."""
+
+    images: Sequence[str]
+    out_dir: Path
+    shard: str | None
+
+
+def begin(
+    request: Request,
+    job: str,
+    events: Events,
+    load: Callable[[], tuple[M, str | None]],
+    stdin: BinaryIO | None = None,
+) -> Started[M]:
+    """Steps 2 to 4 of every run: plan the inputs, prepare the output folder for ``job``,
+    report what discovery passed over, then ``load()`` the model (the job's call into torch;
+    its note, such as emulated bf16, goes to ``events``)."""
+    planned = plan(request.images, request.out_dir, request.shard, stdin)
+    prepare_output(request.out_dir, job)
+    summary = report(planned, events)
+    model, note = load()
+    if note:
+        events.note(note)
+    return Started(planned, summary, model)
 
 
 def report(plan: Plan, events: Events) -> Summary:

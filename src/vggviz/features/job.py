@@ -38,17 +38,12 @@ def run(request: Request, events: Events | None = None, stdin: BinaryIO | None =
         save_raw=request.save_raw,
         tiles=None if grid == "all" else grid[0] * grid[1],
     )
-    plan = lifecycle.plan(request.images, request.out_dir, request.shard, stdin)
-    lifecycle.prepare_output(request.out_dir, JOB)
-    summary = lifecycle.report(plan, events)
-
     from vggviz.features import engine, index_page, pictures
     from vggviz.model.layers import chosen_layers
     from vggviz.model.loading import load
 
-    loaded, note = load(request.model)
-    if note:
-        events.note(note)
+    started = lifecycle.begin(request, JOB, events, lambda: load(request.model), stdin)
+    plan, summary, loaded = started.plan, started.summary, started.model
     stage = request.stage if request.mode == "network" else None
     layers = chosen_layers(loaded.layers, request.layers, stage)
     shaping = {

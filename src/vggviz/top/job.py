@@ -51,12 +51,8 @@ def run(request: TopRequest, events: Events | None = None, stdin: Any = None) ->
     request.options.check()
     if request.shard and request.merge:
         raise UsageError("--merge combines the shards' results; it takes no --shard")
-    plan = lifecycle.plan(request.images, request.out_dir, request.shard, stdin)
-    lifecycle.prepare_output(request.out_dir, JOB)
-    summary = lifecycle.report(plan, events)
-    loaded, note = load(request.model)
-    if note:
-        events.note(note)
+    started = lifecycle.begin(request, JOB, events, lambda: load(request.model), stdin)
+    plan, summary, loaded = started.plan, started.summary, started.model
     layers = chosen_layers(loaded.layers, request.layers, request.options.stage)
     return run_top(
         loaded,
