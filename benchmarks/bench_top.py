@@ -104,6 +104,7 @@ def speed_runs(args: argparse.Namespace, work: Path) -> list[str]:
     import torch
 
     from vggviz.core import images, inputs, lifecycle
+    from vggviz.core.vocabulary import ModelSpec
     from vggviz.model.hooks import reduced_maps
     from vggviz.model.layers import select_layers
     from vggviz.model.loading import load_model
@@ -112,6 +113,7 @@ def speed_runs(args: argparse.Namespace, work: Path) -> list[str]:
     from vggviz.top.request import TopOptions
 
     loaded = load_model(args.arch, args.weights, device="cpu")
+    model = lifecycle.model_identity(ModelSpec(args.arch, args.weights, device="cpu"))
     layers = select_layers(loaded.layers, args.layers)
     folder = make_photos(work / "speed", args.speed_photos, args.size + args.size // 7)
     found = inputs.discover([str(folder)])
@@ -152,7 +154,8 @@ def speed_runs(args: argparse.Namespace, work: Path) -> list[str]:
         target = Path(tempfile.mkdtemp(dir=work))
         options = TopOptions(batch_size=size, size=args.size, checkpoint_every=100)
         started, cpu0 = time.perf_counter(), time.process_time()
-        run_top(loaded, layers, lifecycle.plan([str(folder)], target, "1/1"), options, target)
+        plan = lifecycle.plan([str(folder)], target, "1/1")
+        run_top(loaded, layers, plan, options, target, model=model)
         return time.perf_counter() - started, time.process_time() - cpu0
 
     names = ("bare forward", "scan compute", "scan from files")

@@ -380,3 +380,24 @@ def test_sigterm_stops_the_scan_with_143_and_it_resumes(tmp_path, eight_photos, 
     assert "interrupted: run the same command again to resume the scan" in stderr
     result = top(out, vgg11_file, eight_photos, *args)
     assert result.exit_code == 0 and "resuming the scan after" in result.stderr
+
+
+def test_other_weights_of_the_same_file_name_start_the_scan_over(
+    tmp_path, eight_photos, vgg11_file
+) -> None:
+    """Weights are known by file identity (real path, size, mtime), never by name alone."""
+    first, second = tmp_path / "a" / "weights.pth", tmp_path / "b" / "weights.pth"
+    first.parent.mkdir()
+    second.parent.mkdir()
+    first.write_bytes(vgg11_file.read_bytes())
+    state = torch.load(vgg11_file)
+    state["features.0.bias"] += 1.0
+    torch.save(state, second)
+    out = tmp_path / "out"
+    args = ("--layers", "conv1", "--shard", "1/1")
+    assert top(out, first, eight_photos, *args).exit_code == 0
+    again = top(out, second, eight_photos, *args)
+    assert again.exit_code == 0, again.output
+    assert "scan already complete" not in again.stderr
+    assert "options changed since its checkpoint (weights file:" in again.stderr
+    assert "starting over" in again.stderr

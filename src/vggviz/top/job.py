@@ -60,6 +60,7 @@ def run(request: TopRequest, events: Events | None = None, stdin: Any = None) ->
         plan,
         request.options,
         request.out_dir,
+        model=lifecycle.model_identity(request.model),
         merge=request.merge,
         events=events,
         summary=summary,
@@ -73,15 +74,18 @@ def run_top(
     options: TopOptions,
     out_dir: Path,
     *,
+    model: dict[str, str],
     merge: bool = False,
     events: Events | None = None,
     summary: Summary | None = None,
 ) -> Summary:
     """Everything after the model is loaded. ``plan.items`` is the full input list, in order
-    (an input's number is its position, which breaks ties). With ``plan.shard`` only that part
-    is scanned and the partial result is left in ``out_dir``; with ``merge`` the partial
-    results of every shard in ``out_dir`` are combined instead of scanning. Otherwise the scan
-    (resumed from its checkpoint when there is one) is followed by pass 2 and all outputs."""
+    (an input's number is its position, which breaks ties); ``model`` is the model's identity
+    (:func:`vggviz.core.lifecycle.model_identity`), part of the scan's fingerprint. With
+    ``plan.shard`` only that part is scanned and the partial result is left in ``out_dir``;
+    with ``merge`` the partial results of every shard in ``out_dir`` are combined instead of
+    scanning. Otherwise the scan (resumed from its checkpoint when there is one) is followed
+    by pass 2 and all outputs."""
     options.check()
     items = plan.items
     if not items:
@@ -89,7 +93,7 @@ def run_top(
     events = events or Events()
     summary = summary or Summary(total=len(plan.mine))
     summary.unit, summary.done_word, summary.skips = "input(s)", "scanned", False
-    fingerprint = Fingerprint.of(_fingerprint_options(loaded, layers, options), _paths(items))
+    fingerprint = Fingerprint.of(_fingerprint_options(model, layers, options), _paths(items))
     if merge:
         parts = partials(out_dir, fingerprint)
     else:
@@ -108,18 +112,14 @@ def _paths(items: Sequence[InputItem]) -> list[str]:
 
 
 def _fingerprint_options(
-    loaded: LoadedModel, layers: Sequence[ConvLayer], options: TopOptions
+    model: dict[str, str], layers: Sequence[ConvLayer], options: TopOptions
 ) -> dict[str, Any]:
-    """The options that change the scan's numbers (not --highlight, not the interval)."""
+    """What changes the scan's numbers: the model (its weights by file identity, so that
+    another file of the same name is another scan) and the options (not the highlight, not
+    the checkpoint interval)."""
     chosen = asdict(options)
     del chosen["highlight"], chosen["checkpoint_every"]
-    return {
-        "arch": loaded.arch,
-        "weights": loaded.weights,
-        "precision": str(loaded.dtype).removeprefix("torch."),
-        "layers": [layer.alias for layer in layers],
-        **chosen,
-    }
+    return {**model, "layers": [layer.alias for layer in layers], **chosen}
 
 
 def _finish(
