@@ -20,7 +20,7 @@ from test_report import _chromium, _Page, _screenshot
 from vggviz.core.files import save_png
 from vggviz.top import index_page
 from vggviz.top.index_page import write_top_index
-from vggviz.top.pictures import ChannelRow, Crop, channel_strip
+from vggviz.top.pictures import ChannelRow, Crop, channel_strip, save_strip
 
 K = 3
 
@@ -245,10 +245,17 @@ def test_strip_boxes_are_sized_before_they_load(tmp_path: Path) -> None:
     result = _result(conv1=[_channel(0), _channel(1)])
     out = tmp_path / "out"
     row = ChannelRow(0, [Crop(np.zeros((3, 3, 3), np.uint8), "a.jpg", 1.0)])
-    strip = channel_strip(row, k=K, height=96)
-    save_png(strip, out / "strips" / "conv1" / "c0000.png")
-    _, text, _ = _write(tmp_path, result)
-    assert f"img.strip {{ aspect-ratio: {strip.width} / {strip.height}; }}" in text
+    path = save_strip(row, K, out / "strips" / "conv1" / "c0000.jpg")  # as a run writes it
+    with Image.open(path) as strip:
+        assert strip.format == "JPEG"
+        ratio = f"img.strip {{ aspect-ratio: {strip.width} / {strip.height}; }}"
+    strips = {"conv1": {0: "strips/conv1/c0000.jpg", 1: "strips/conv1/c0001.jpg"}}
+    _, text, _ = _write(tmp_path, result, strips=strips)
+    assert ratio in text
+    # known from k and the strip height, not read from a file: no strip on disk, same box
+    (out / "strips" / "conv1" / "c0000.jpg").unlink()
+    _, text, _ = _write(tmp_path, result, strips=strips)
+    assert ratio in text
 
 
 def test_written_atomically(tmp_path: Path) -> None:

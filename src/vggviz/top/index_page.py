@@ -11,7 +11,6 @@ few hundred bytes. Stdlib and vggviz's torch-free modules only: never torch or c
 from __future__ import annotations
 
 import math
-import struct
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -26,7 +25,7 @@ from vggviz.core.html import is_seq as _is_seq
 from vggviz.core.html import number as _number
 from vggviz.core.html import plural as _plural
 from vggviz.core.html import text as _text
-from vggviz.top.pictures import PAGE_ROWS
+from vggviz.top.pictures import PAGE_ROWS, strip_size
 
 INDEX_NAME = "index.html"
 STRIP_HEIGHT = 80  # CSS pixels a channel's strip is shown at
@@ -76,8 +75,8 @@ def write_top_index(
     name: str = INDEX_NAME,
 ) -> Path:
     """index.html for a top run. ``result`` is exactly top.json's content; ``pages[alias]``
-    are the page PNGs' paths relative to out_dir; ``strips[alias][channel]`` the channel
-    strip PNG's relative path.
+    are the pages' paths relative to out_dir; ``strips[alias][channel]`` the channel
+    strip's relative path.
 
     A layer's pages are taken to hold its channels in order, as
     :func:`vggviz.top.pictures.layer_pages` lays them out (:func:`per_page`), so that each
@@ -87,7 +86,7 @@ def write_top_index(
     """
     out_dir = Path(out_dir)
     with atomic_file(out_dir / name, "w") as fh:
-        _write_page(fh, out_dir, result, pages, strips)
+        _write_page(fh, result, pages, strips)
     return out_dir / name
 
 
@@ -127,41 +126,22 @@ def never_active(channel: Mapping[str, Any]) -> bool:
     return _is_num(peak) and peak <= 0
 
 
-def _png_size(path: Path) -> tuple[int, int] | None:
-    """(width, height) from a PNG's header, or None: 24 bytes, no image library."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(24)
-    except OSError:
-        return None
-    if len(head) < 24 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
-        return None
-    width, height = struct.unpack(">II", head[16:24])
-    return (width, height) if width and height else None
-
-
-def _strip_ratio(out_dir: Path, strips: Mapping[str, Mapping[int, str]]) -> tuple[int, int]:
-    """Every strip of a run has one size (k slots of one height): read it from the first one
-    that exists, so that the page can reserve each strip's box before it loads."""
-    for by_channel in strips.values():
-        for path in by_channel.values():
-            size = _png_size(out_dir / path)
-            if size:
-                return size
-            break  # one try per layer: a missing first strip says little about the others
-    return (0, 0)
+def _strip_ratio(result: Mapping[str, Any]) -> tuple[int, int]:
+    """Every strip of a run has k slots of one height: its size follows from top.json's
+    ``k``, so the page reserves each strip's box before it loads; (0, 0) without a k."""
+    k = result.get("k")
+    return strip_size(k) if isinstance(k, int) and not isinstance(k, bool) and k > 0 else (0, 0)
 
 
 def _write_page(
     fh: IO[str],
-    out_dir: Path,
     result: Mapping[str, Any],
     pages: Mapping[str, Sequence[str]],
     strips: Mapping[str, Mapping[int, str]],
 ) -> None:
     layers = _layers(result)
     title = f"vggviz top: {_text(result.get('arch')) or 'VGG'}"
-    width, height = _strip_ratio(out_dir, strips)
+    width, height = _strip_ratio(result)
     ratio = f"img.strip {{ aspect-ratio: {width} / {height}; }}\n" if width else ""
     info = [
         (key, result.get(key))

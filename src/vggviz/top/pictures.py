@@ -38,6 +38,7 @@ LABEL_W = 92  # the channel-number column
 CAPTION_H = 34  # two text lines under each crop: image name, value
 GAP = 6  # between crops in a row
 STRIP_GAP = 2
+STRIP_HEIGHT = 96  # pixels of a channel strip (index.html shows it smaller)
 HIGHLIGHT_CMAP = "inferno"
 EMPTY = (40, 40, 46)  # a slot with no image (fewer images than K)
 PAGES_DIR = "top-pages"
@@ -229,14 +230,20 @@ def layer_pages(
     return pages
 
 
-def channel_strip(row: ChannelRow, *, k: int, height: int = 96) -> Image.Image:
-    """One channel's crops in a row, small, for index.html: k square slots of ``height`` px,
-    best first; slots without an image are drawn dark."""
+def strip_size(k: int, height: int = STRIP_HEIGHT) -> tuple[int, int]:
+    """(width, height) of a channel strip of ``k`` slots: known before any is drawn, so that
+    index.html can size every strip's box before it loads."""
     if k < 1 or height < 1:
         raise ValueError(f"k and height must be at least 1, got k={k}, height={height}")
+    return k * height + (k - 1) * STRIP_GAP, height
+
+
+def channel_strip(row: ChannelRow, *, k: int, height: int = STRIP_HEIGHT) -> Image.Image:
+    """One channel's crops in a row, small, for index.html: k square slots of ``height`` px,
+    best first; slots without an image are drawn dark."""
+    size = strip_size(k, height)
     crop_size([row], height)
-    width = k * height + (k - 1) * STRIP_GAP
-    strip = Image.new("RGB", (width, height), BACKGROUND)
+    strip = Image.new("RGB", size, BACKGROUND)
     for j in range(k):
         x = j * (height + STRIP_GAP)
         if j < len(row.crops):
@@ -313,13 +320,13 @@ def draw_outputs(
                 for row in rows:
                     name = f"{STRIPS_DIR}/{alias}/{row.channel:04d}.jpg"
                     strips[alias][row.channel] = name
-                    done.append(encoder.submit(_save_strip, row, options.k, out_dir / name))
+                    done.append(encoder.submit(save_strip, row, options.k, out_dir / name))
                 for future in done:
                     future.result()
                 events.advance(len(rows))
     return index_page.write_top_index(out_dir, result, pages=pages, strips=strips)
 
 
-def _save_strip(row: Any, k: int, path: Path) -> Path:
+def save_strip(row: Any, k: int, path: Path) -> Path:
     """Drawn and encoded on a worker thread: Pillow's resizing and encoding release the GIL."""
     return files.save_jpeg(channel_strip(row, k=k), path, quality=85)
