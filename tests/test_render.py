@@ -176,7 +176,7 @@ def test_filters_picture_rgb_kernels() -> None:
     assert px[centre, pad + tile // 2].tolist() == [255, 128, 128]
     assert px[centre, pad + tile + pad + tile // 2].tolist() == [128, 128, 0]
     assert px[centre, pad + 2 * (tile + pad) + tile // 2].tolist() == [128, 128, 128]
-    with pytest.raises(ValueError, match="conv2 has 64 input channels; rgb needs 3"):
+    with pytest.raises(UsageError, match="conv2 has 64 input channels; rgb needs 3") as err:
         pictures.filters_picture(
             np.zeros((8, 64, 3, 3), np.float32),
             alias="conv2",
@@ -185,3 +185,4 @@ def test_filters_picture_rgb_kernels() -> None:
             random=False,
             view="rgb",
         )
+    assert err.value.param == "view"

@@ -241,8 +241,12 @@ def test_a_merge_refuses_missing_or_different_shards(tmp_path, eight_photos, vgg
     args = ("--layers", "conv1", "--reduce", "mean")
     assert top(out, vgg11_file, eight_photos, *args, "--shard", "2/2").exit_code == 0
     result = top(out, vgg11_file, eight_photos, "--layers", "conv1", "--merge")
-    assert result.exit_code == 2
+    assert result.exit_code == 1  # what is in -o, like a missing shard: not a usage error
     assert "shard 2/2 was made with other options or inputs (reduce mean -> max)" in result.stderr
+    empty = top(tmp_path / "empty", vgg11_file, eight_photos, "--layers", "conv1", "--merge")
+    assert empty.exit_code == 1 and "nothing to merge: no shard results" in empty.stderr
+    both = top(out, vgg11_file, eight_photos, "--merge", "--shard", "1/2")
+    assert both.exit_code == 2 and "Invalid value for '--shard'" in both.stderr
 
 
 def test_other_options_start_the_scan_over(tmp_path, eight_photos, vgg11_file) -> None:

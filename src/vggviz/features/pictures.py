@@ -141,7 +141,10 @@ def filters_picture(
     rows = -(-out_ch // cols)
     if view == "rgb":
         if in_ch != 3:
-            raise ValueError(f"{alias} has {in_ch} input channels; rgb needs 3 (try --view mean)")
+            raise UsageError(
+                f"{alias} has {in_ch} input channels; rgb needs 3 (try the mean view)",
+                param="view",
+            )
         k = weight.transpose(0, 2, 3, 1)  # (out, kH, kW, 3)
         # per kernel, or one bound for all: zero stays mid-grey either way
         axes = (1, 2, 3) if scale == "map" else None
@@ -153,7 +156,9 @@ def filters_picture(
     else:
         if view == "channel":
             if not 0 <= channel < in_ch:
-                raise ValueError(f"--channel {channel}: {alias} has input channels 0..{in_ch - 1}")
+                raise UsageError(
+                    f"{channel}: {alias} has input channels 0..{in_ch - 1}", param="channel"
+                )
             planes = weight[:, channel]
             what = f"input channel {channel}"
         else:
@@ -269,19 +274,16 @@ def draw_filters(
     """
     weight = layer.module.weight.detach().float().cpu().numpy()
     view = view or ("rgb" if weight.shape[1] == 3 else "mean")
-    try:
-        image = filters_picture(
-            weight,
-            alias=layer.alias,
-            module=layer.name,
-            weights=loaded.weights,
-            random=loaded.random,
-            view=view,
-            channel=channel,
-            cmap=cmap,
-            scale=scale,
-        )
-    except ValueError as err:
-        raise UsageError(str(err)) from None
+    image = filters_picture(
+        weight,
+        alias=layer.alias,
+        module=layer.name,
+        weights=loaded.weights,
+        random=loaded.random,
+        view=view,
+        channel=channel,
+        cmap=cmap,
+        scale=scale,
+    )
     name = folders.filters_name(layer.alias, view).removesuffix(".png") + f"{suffix}.png"
     return files.save_png(image, out_dir / name)

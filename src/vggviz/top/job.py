@@ -50,7 +50,7 @@ def run(request: TopRequest, events: Events | None = None, stdin: Any = None) ->
     events = events or Events()
     request.options.check()
     if request.shard and request.merge:
-        raise UsageError("--merge combines the shards' results; it takes no --shard")
+        raise UsageError("a merge combines every shard's result and takes no shard", param="shard")
     started = lifecycle.begin(request, JOB, events, lambda: load(request.model), stdin)
     plan, summary, loaded = started.plan, started.summary, started.model
     layers = chosen_layers(loaded.layers, request.layers, request.options.stage)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vggviz.core.errors import UsageError
+from vggviz.core.text import shown
 from vggviz.core.vocabulary import REDUCES, ModelSpec
 
 JOB = "top"
@@ -30,12 +31,15 @@ class TopOptions:
     checkpoint_every: int = 100
 
     def check(self) -> None:
+        """Refuse values that cannot work; each error's ``param`` names the option."""
         if self.reduce not in REDUCES:
-            raise UsageError(f"--reduce {self.reduce!r}: expected one of {', '.join(REDUCES)}")
-        if self.k < 1:
-            raise UsageError(f"--top {self.k}: need at least 1")
-        if self.batch_size < 1 or self.checkpoint_every < 1:
-            raise UsageError("batch size and checkpoint interval must be at least 1")
+            raise UsageError(
+                f"{shown(self.reduce)}: expected one of {', '.join(REDUCES)}", param="reduce"
+            )
+        for name in ("k", "batch_size", "checkpoint_every"):
+            value = getattr(self, name)
+            if value < 1:
+                raise UsageError(f"{value}: need at least 1", param=name)
 
 
 @dataclass(frozen=True)

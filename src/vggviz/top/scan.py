@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from vggviz.core import files, images, inputs
-from vggviz.core.errors import InputError, UsageError, VggvizError
+from vggviz.core.errors import InputError, VggvizError
 from vggviz.core.inputs import InputItem
 from vggviz.core.lifecycle import Events
 from vggviz.model.hooks import capture, forward
@@ -147,26 +147,31 @@ def scan(
 
 
 def partials(out_dir: Path, fingerprint: Fingerprint) -> list[tuple[Path, ScanState]]:
-    """Every shard's complete scan in ``out_dir``, checked against this run's options."""
+    """Every shard's complete scan in ``out_dir``, checked against this run's options. What
+    is wrong with the shards in ``out_dir`` is a VggvizError (exit 1), whatever it is."""
     found = checkpoint.shard_dirs(out_dir)
     if not found:
-        raise UsageError(f"--merge: no shard results (top-scan-shard-K-of-N) in {out_dir}")
+        raise VggvizError(
+            f"nothing to merge: no shard results (top-scan-shard-K-of-N) in {out_dir}"
+        )
     counts = {n for _, n in found}
     if len(counts) != 1:
-        raise UsageError(f"--merge: {out_dir} holds shards of different counts {sorted(counts)}")
+        raise VggvizError(
+            f"cannot merge: {out_dir} holds shards of different counts {sorted(counts)}"
+        )
     n = counts.pop()
     missing = [f"{k}/{n}" for k in range(1, n + 1) if (k, n) not in found]
     if missing:
-        raise VggvizError(f"--merge: shard(s) {', '.join(missing)} missing in {out_dir}")
+        raise VggvizError(f"cannot merge: shard(s) {', '.join(missing)} missing in {out_dir}")
     parts = []
     for k in range(1, n + 1):
         folder = found[(k, n)]
         state = ScanState.load(folder)
         if state is None or not state.complete:
-            raise VggvizError(f"{folder}: shard {k}/{n} has not finished its scan")
+            raise VggvizError(f"cannot merge: {folder}: shard {k}/{n} has not finished its scan")
         if state.fingerprint.digest != fingerprint.digest:
-            raise UsageError(
-                f"{folder}: shard {k}/{n} was made with other options or inputs "
+            raise VggvizError(
+                f"cannot merge: {folder}: shard {k}/{n} was made with other options or inputs "
                 f"({fingerprint.difference(state.fingerprint)})"
             )
         parts.append((folder, state))
