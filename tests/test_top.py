@@ -405,3 +405,59 @@ def test_other_weights_of_the_same_file_name_start_the_scan_over(
     assert "scan already complete" not in again.stderr
     assert "options changed since its checkpoint (weights file:" in again.stderr
     assert "starting over" in again.stderr
+
+
+def test_ctrl_c_pressed_again_and_again_in_pass_2_stops_cleanly(
+    tmp_path, eight_photos, vgg11_file
+) -> None:
+    """A stop is a flag polled between steps: however many Ctrl-C arrive, pass 2 ends with
+    the resume message, no traceback, no scratch left and no top.json (the run is not done)."""
+    out = tmp_path / "out"
+    args = ["--layers", "conv1", "-k", "3"]
+    argv = [sys.executable, "-c", _SLOW_VGGVIZ, "top", str(eight_photos), *args]
+    argv += ["--arch", "vgg11", "--weights", str(vgg11_file), "--size", "32", "-o", str(out)]
+    child = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(out.glob(".top-crops-*")):  # pass 2 has begun
+            assert child.poll() is None, child.communicate()[1].decode()
+            assert time.monotonic() < deadline, "pass 2 never began"
+            time.sleep(0.02)
+        while child.poll() is None and time.monotonic() < deadline:
+            child.send_signal(signal.SIGINT)
+            time.sleep(0.01)
+        stderr = child.communicate(timeout=60)[1].decode()
+    finally:
+        child.kill()
+    assert child.returncode == 130, stderr
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
+    assert "interrupted: run the same command again to resume the scan" in stderr
+    assert not list(out.glob(".top-crops-*")) and not (out / "top.json").exists()
+    again = top(out, vgg11_file, eight_photos, *args)
+    assert again.exit_code == 0 and "scan already complete" in again.stderr
+
+
+def test_a_stop_keeps_the_scan_s_progress(tmp_path, eight_photos, vgg11_file) -> None:
+    """Ctrl-C is polled between batches: the scan checkpoints what it did (here long before
+    its first regular checkpoint) and the next run resumes from there."""
+    out = tmp_path / "out"
+    args = ["--layers", "conv1", "-k", "3"]  # --checkpoint-every 100: none for 8 inputs
+    argv = [sys.executable, "-c", _SLOW_VGGVIZ, "top", str(eight_photos), *args]
+    argv += ["--arch", "vgg11", "--weights", str(vgg11_file), "--size", "32", "-o", str(out)]
+    child = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "top-scan").is_dir():
+            assert child.poll() is None and time.monotonic() < deadline
+            time.sleep(0.02)
+        time.sleep(1.5)  # a few inputs, at 0.4 s each
+        child.send_signal(signal.SIGINT)
+        stderr = child.communicate(timeout=60)[1].decode()
+    finally:
+        child.kill()
+    assert child.returncode == 130, stderr
+    assert "interrupted: run the same command again to resume the scan" in stderr
+    result = top(out, vgg11_file, eight_photos, *args)
+    assert result.exit_code == 0, result.output
+    done = int(result.stderr.split("resuming the scan after ")[1].split()[0])
+    assert 1 <= done < 8

@@ -29,7 +29,6 @@ from vggviz.cli.terminal import (
     ExitCode,
     Progress,
     StopFlag,
-    Terminated,
     finish,
     handle_errors,
     shown,
@@ -282,11 +281,14 @@ def features(
     )
     with StopFlag() as stop, Progress(stop, quiet, as_json) as progress:
         summary = job.run(request, progress)
-    where = summary.index or request.out_dir
-    closing = (
-        f"{summary.line()} · pictures in {shown(str(request.out_dir))}{os.sep} · "
-        f"open {shown(str(where))}"
-    )
+
+    def closing() -> str:
+        where = summary.index or request.out_dir
+        return (
+            f"{summary.line()} · pictures in {shown(str(request.out_dir))}{os.sep} · "
+            f"open {shown(str(where))}"
+        )
+
     sys.exit(finish(summary, stop, quiet, closing))
 
 
@@ -450,18 +452,15 @@ def top(
         shard=shard,
         merge=merge,
     )
-    try:
-        with StopFlag() as stop, Progress(stop, quiet) as progress:
-            summary = job.run(request, progress)
-    except KeyboardInterrupt as interrupt:
-        click.echo("\ninterrupted: run the same command again to resume the scan", err=True)
-        terminated = isinstance(interrupt, Terminated)
-        sys.exit(ExitCode.TERMINATED if terminated else ExitCode.INTERRUPTED)
-    closing = summary.line()
-    if "partial" in summary.outputs:
-        closing += f" · partial result in {shown(str(summary.outputs['partial']))}{os.sep}"
-        closing += f" (then {flag('merge')})"
-    else:
-        closing += f" · {shown(str(summary.outputs['result']))}"
-        closing += f" · open {shown(str(summary.index))}" if summary.index else ""
+    with StopFlag() as stop, Progress(stop, quiet) as progress:
+        summary = job.run(request, progress)
+
+    def closing() -> str:
+        outputs = summary.outputs
+        if "partial" in outputs:
+            where = f"partial result in {shown(str(outputs['partial']))}{os.sep}"
+            return f"{summary.line()} · {where} (then {flag('merge')})"
+        index = f" · open {shown(str(summary.index))}" if summary.index else ""
+        return f"{summary.line()} · {shown(str(outputs['result']))}{index}"
+
     sys.exit(finish(summary, stop, quiet, closing))

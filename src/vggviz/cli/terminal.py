@@ -196,10 +196,12 @@ def _dumps(record: Any) -> str:
     return dumps(record)
 
 
-def finish(summary: Summary, stop: StopFlag, quiet: bool, closing: str) -> ExitCode:
+def finish(
+    summary: Summary, stop: StopFlag, quiet: bool, closing: Callable[[], str]
+) -> ExitCode:
     """The run's last words on stderr and its exit code: a closed pipe ends quietly, a full
-    disk or a stop says how far the run got, and ``closing`` (the summary and where the
-    outputs are) is said unless quiet."""
+    disk or a stop says how far the run got, and ``closing()`` (the summary and where the
+    outputs are) is said for a complete run unless quiet."""
     if stop.pipe_closed:
         return ExitCode.PIPE_CLOSED  # stdout's reader is gone: stop quietly, as cat does
     if summary.disk_full:
@@ -214,7 +216,7 @@ def finish(summary: Summary, stop: StopFlag, quiet: bool, closing: str) -> ExitC
         click.echo(f"interrupted: {how}", err=True)
         return ExitCode.TERMINATED if stop.received == signal.SIGTERM else ExitCode.INTERRUPTED
     if not quiet:
-        click.echo(closing, err=True)
+        click.echo(closing(), err=True)
     elif summary.failed:
         click.echo(summary.line(), err=True)
     return ExitCode.FAILED if summary.failed else ExitCode.OK

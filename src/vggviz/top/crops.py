@@ -169,10 +169,11 @@ def run_pass2(
     options: TopOptions,
     out_dir: Path,
     events: Events,
-) -> Crops:
+) -> Crops | None:
     """Every input in any channel's top-K runs once more (in input order, all of its layers
     in one forward); its values must match the scan's to 1e-3 relative, else an
-    :class:`InputError` names it. Returns the crops, boxes and locations of every layer."""
+    :class:`InputError` names it. Returns the crops, boxes and locations of every layer, or
+    None when ``events.should_stop()`` (polled between inputs) ended it early."""
     wanted: dict[int, list[tuple[ConvLayer, int, int]]] = defaultdict(list)
     for layer in layers:
         top = tops[layer.alias]
@@ -195,6 +196,9 @@ def run_pass2(
         fill = pad_colour(options.normalize)
         events.phase("crops", len(wanted))
         for number in sorted(wanted):
+            if events.should_stop():  # between inputs
+                crops.discard()
+                return None
             _rerun(loaded, items[number], wanted[number], tops, crops, options, fill)
             events.advance()
     except BaseException:

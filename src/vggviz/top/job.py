@@ -93,14 +93,19 @@ def run_top(
     events = events or Events()
     summary = summary or Summary(total=len(plan.mine))
     summary.unit, summary.done_word, summary.skips = "input(s)", "scanned", False
+    summary.resume = "run the same command again to resume the scan"
+    events.start(len(plan.mine))
     fingerprint = Fingerprint.of(_fingerprint_options(model, layers, options), _paths(items))
     if merge:
         parts = partials(out_dir, fingerprint)
     else:
         folder = checkpoint.scan_dir(out_dir, plan.shard)
         state = scan(loaded, layers, plan.work(), options, folder, fingerprint, plan.shard, events)
+        summary.ok, summary.error = state.scanned, len(state.failed)
+        if not state.complete:
+            summary.complete = False
+            return summary
         if plan.shard:
-            summary.ok, summary.error = state.scanned, len(state.failed)
             summary.outputs["partial"] = folder
             return summary
         parts = [(folder, state)]
@@ -139,10 +144,14 @@ def _finish(
     failed = [message for _, state in parts for message in state.failed]
     if scanned == 0:
         raise VggvizError("no input could be read; nothing to rank")
+    summary.ok, summary.error = scanned, len(failed)
     tops = merged_tops(parts)
     matrices = write_matrix(parts, layers, items, out_dir)
     started = time.perf_counter()
     crops = run_pass2(loaded, layers, tops, items, options, out_dir, events)
+    if crops is None:  # stopped
+        summary.complete = False
+        return summary
     result: dict[str, Any] = {
         "arch": loaded.arch,
         "weights": loaded.weights,
@@ -166,10 +175,12 @@ def _finish(
         index = draw_outputs(loaded, layers, result, crops, options, out_dir, events)
     finally:
         crops.discard()
+    if index is None:  # stopped
+        summary.complete = False
+        return summary
     top_json = files.save_json(result, out_dir / TOP_JSON)  # last: its presence means done
     seconds = time.perf_counter() - started
     events.note(f"pass 2: {crops.reruns} input(s) run again, crops and pictures in {seconds:.1f} s")
-    summary.ok, summary.error = scanned, len(failed)
     summary.outputs.update(result=top_json, index=index)
     return summary
 

@@ -264,8 +264,9 @@ def draw_outputs(
     options: TopOptions,
     out_dir: Path,
     events: Events,
-) -> Path:
-    """Pages per layer, one strip per channel, and index.html; returns the index's path."""
+) -> Path | None:
+    """Pages per layer, one strip per channel, and index.html; returns the index's path, or
+    None when ``events.should_stop()`` (polled between groups of channels) ended it early."""
     from vggviz.top import index_page
 
     events.phase("pictures", sum(len(result["layers"][la.alias]["channels"]) for la in layers))
@@ -324,6 +325,8 @@ def draw_outputs(
                 for future in done:
                     future.result()
                 events.advance(len(rows))
+                if events.should_stop():  # between groups of channels
+                    return None
     return index_page.write_top_index(out_dir, result, pages=pages, strips=strips)
 
 

@@ -75,7 +75,9 @@ def scan(
     events: Events,
 ) -> ScanState:
     """Pass 1 over ``work`` (input number, item), resumed from ``folder``'s checkpoint when
-    it was made with the same fingerprint; returns the final (complete) state."""
+    it was made with the same fingerprint. Returns the final state, complete unless
+    ``events.should_stop()`` ended the scan early (polled between batches; the state is then
+    checkpointed as it stands, for the next run to resume)."""
     folder.mkdir(parents=True, exist_ok=True)
     files.clean_temporaries(folder)
     state = ScanState.load(folder)
@@ -136,10 +138,12 @@ def scan(
             state.position += consumed
             since_checkpoint += consumed
             events.advance(consumed)
+            if events.should_stop():  # between batches: what is done is kept
+                break
             if since_checkpoint >= options.checkpoint_every:
                 save_checkpoint()
                 since_checkpoint = 0
-    save_checkpoint(complete=True)
+    save_checkpoint(complete=state.position >= len(work))
     return state
 
 
