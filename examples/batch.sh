@@ -8,11 +8,18 @@ vggviz=${VGGVIZ:-vggviz}
 
 # --skip-existing: a rerun after Ctrl-C or a crash only does what is missing.
 # Errors go to stderr, one line per bad image; exit 1 means some failed, the others are done.
+manifest="$out/manifest.jsonl"
+before=$(stat -c %i "$manifest" 2>/dev/null || true)  # a finished run replaces it (new inode)
 status=0
 "$vggviz" features "$photos" -o "$out" --skip-existing --quiet "${@:3}" || status=$?
 
-# The run's manifest holds one JSON record per image (the same as --json prints).
-python3 - "$out/manifest.jsonl" <<'PY'
+# The run's manifest holds one JSON record per image (the same as --json prints). A run that
+# could not start (a bad option, an unwritable -o) has said why on stderr and wrote none.
+if [ ! -f "$manifest" ] || [ "$(stat -c %i "$manifest")" = "$before" ]; then
+    echo "batch.sh: this run wrote no $manifest (exit $status; see above)" >&2
+    exit "$status"
+fi
+python3 - "$manifest" <<'PY'
 import json, sys
 for line in open(sys.argv[1], encoding="utf-8"):
     r = json.loads(line)

@@ -9,8 +9,8 @@ machine; each photo has its own random stream, so adding a photo changes no othe
     python examples/make_folder.py /tmp/photos300              # 15 photos x 20 = 300 files
     vggviz top /tmp/photos300 -o /tmp/top --arch vgg16 --weights vgg16_features.pth
 
-Needs only Pillow. The default source is the project's shared sample photos (free licences,
-see their README), in ``shared/photos`` beside the repository.
+Needs only Pillow. The default source is ``examples/photos/``: the 15 free sample photos that
+come with the repository (licences in ``examples/README.md``).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pathlib import Path
 
 from PIL import Image, ImageOps
 
-DEFAULT_PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "photos"
+DEFAULT_PHOTOS = Path(__file__).resolve().parent / "photos"
 SUFFIXES = {".jpg", ".jpeg", ".png"}
 MIN_AREA = 0.1  # smallest crop, as a share of the photo: close-ups of eyes, letters, coins
 SHORT_SIDE = (224, 448)  # rescaled shorter side; vggviz resizes to --size 224 in any case

@@ -316,3 +316,33 @@ def test_the_example_batch_script_runs(tmp_path, vgg11_bn_file) -> None:
     assert lines[0] == f"error    {photos / 'broken.jpg'}  {photos / 'broken.jpg'}: empty file"
     assert lines[1].startswith(f"ok       {photos / 'one.png'}  conv1: strongest channel #")
     assert lines[2] == f"pictures: {out}/  index: {out}/index.html"
+
+
+def test_the_example_batch_script_says_when_the_run_itself_failed(tmp_path, vgg11_bn_file) -> None:
+    """A run that wrote no manifest (here: -o below a file; before that, a finished earlier
+    run's manifest is there) ends the script with the run's exit status and one line, never a
+    Python traceback nor the earlier run's records."""
+    script = Path(__file__).parent.parent / "examples" / "batch.sh"
+    photos = tmp_path / "photos"
+    write_photo(photos / "one.png")
+    vggviz = Path(sys.executable).parent / "vggviz"
+    env = {**os.environ, "VGGVIZ": str(vggviz) if vggviz.exists() else "vggviz"}
+    options = ["--arch", "vgg11_bn", "--weights", str(vgg11_bn_file), "--size", "32"]
+
+    def run(out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+        cmd = ["bash", str(script), str(photos), str(out), *options, *extra]
+        return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")
+    done = run(blocked / "out")
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert done.stdout == ""
+    assert done.stderr.splitlines()[-1] == (
+        f"batch.sh: this run wrote no {blocked / 'out'}/manifest.jsonl (exit 1; see above)"
+    )
+    out = tmp_path / "out"
+    assert run(out, "--layers", "conv1").returncode == 0
+    done = run(out, "--layers", "conv99")  # a usage error: the earlier manifest stays
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert done.stdout == ""

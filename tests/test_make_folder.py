@@ -35,3 +35,12 @@ def test_same_seed_same_files_other_seed_other_files(tmp_path: Path) -> None:
             assert im.mode == "RGB" and 224 <= min(im.size) <= 448
             sizes.add(im.size)
     assert len(sizes) > 4  # crops and rescales differ
+
+
+def test_the_default_source_is_the_clones_own_photos(tmp_path: Path) -> None:
+    """From a fresh clone, with no --photos: the 15 sample photos in examples/photos."""
+    cmd = [sys.executable, str(SCRIPT), str(tmp_path / "out"), "--per-photo", "1"]
+    subprocess.run(cmd, check=True, capture_output=True)
+    photos = sorted(p.stem for p in (SCRIPT.parent / "photos").glob("*.jpg"))
+    assert len(photos) == 15
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [f"{s}-000.jpg" for s in photos]
