@@ -56,12 +56,18 @@ def _grid(spec: str) -> str:
     return spec.strip().lower()
 
 
+WEIGHTS_SUFFIXES = (".pth", ".pt", ".tar", ".ckpt", ".bin", ".safetensors")
+
+
 def _check_weights(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
-    if value in ("imagenet", "random") or Path(value).suffix.lower() in (".pth", ".pt"):
+    if value in ("imagenet", "random") or Path(value).suffix.lower() in WEIGHTS_SUFFIXES:
         return value
     if Path(value).exists():
         return value
-    raise click.BadParameter(f"{value!r}: expected imagenet, random or a .pth/.pt file")
+    raise click.BadParameter(
+        f"{value!r}: expected imagenet, random or a weights file "
+        "(.pth, .pt, .pth.tar, .ckpt, .bin, .safetensors)"
+    )
 
 
 arch_option = click.option(
@@ -70,6 +76,21 @@ arch_option = click.option(
     default="vgg16_bn",
     show_default=True,
     help="torchvision VGG architecture.",
+)
+
+model_arch_option = click.option(
+    "--arch",
+    type=click.Choice(ARCHS),
+    default=None,
+    help="torchvision VGG architecture. [default: the weights file's own, found from its "
+    "tensors; vgg16_bn for imagenet and random]",
+)
+
+trust_option = click.option(
+    "--trust-checkpoint",
+    is_flag=True,
+    help="Also load weights files that run code when loaded (a model saved whole, "
+    "TorchScript): only for files you made.",
 )
 
 
@@ -133,17 +154,20 @@ def input_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def model_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """--arch, --weights, --seed, --device, --precision: shared by every model command."""
+    """--arch, --weights, --trust-checkpoint, --seed, --device, --precision: shared by every
+    model command."""
     options = [
-        arch_option,
+        model_arch_option,
         click.option(
             "--weights",
             default="imagenet",
             show_default=True,
             callback=_check_weights,
-            help="imagenet (torchvision's cache, downloaded if missing), random, "
-            "or a state-dict file (.pth/.pt).",
+            help="imagenet (torchvision's cache, downloaded if missing), random, or your "
+            "own weights file: a state dict or training checkpoint (.pth, .pt, .pth.tar, "
+            ".ckpt, .bin) or .safetensors, with any head.",
         ),
+        trust_option,
         click.option(
             "--seed",
             type=int,
@@ -170,10 +194,10 @@ def model_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return _stacked(options, func)
 
 
-def _load(arch: str, weights: str, seed: int, device: str, precision: str):
+def _load(spec: ModelSpec):
     from vggviz.model.loading import load
 
-    loaded, note = load(ModelSpec(arch, weights, seed, device, precision))
+    loaded, note = load(spec)
     if note:
         click.echo(f"vggviz: {note}", err=True)
     return loaded
@@ -191,10 +215,17 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
                 raise click.BadParameter(str(err), param_hint=f"'--{err.param}'") from None
             raise click.UsageError(str(err)) from None
         except VggvizError as err:
+            spelled = getattr(err, "spelled", None)
+            if spelled is not None:  # names another option as the way out: spell it
+                raise click.ClickException(spelled(_flag)) from None
             prefix = f"--{err.param} " if err.param else ""
             raise click.ClickException(prefix + str(err)) from None
 
     return wrapper
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -212,7 +243,15 @@ def cli() -> None:
 
 
 @cli.command()
-@arch_option
+@model_arch_option
+@click.option(
+    "--weights",
+    default=None,
+    callback=lambda ctx, param, value: None if value is None else _check_weights(ctx, param, value),
+    help="A weights file (or imagenet, random) to report on: its form, architecture, head, "
+    "classes and what was left out.",
+)
+@trust_option
 @click.option(
     "--size",
     type=click.IntRange(32, 4096),
@@ -220,18 +259,32 @@ def cli() -> None:
     show_default=True,
     help="Input height and width used for the output shapes.",
 )
+@click.option("--json", "as_json", is_flag=True, help="The report as one JSON object on stdout.")
 @handle_errors
-def info(arch: str, size: int) -> None:
+def info(
+    arch: str | None, weights: str | None, trust_checkpoint: bool, size: int, as_json: bool
+) -> None:
     """Table of every conv layer: alias, module, channels, kernel, output shape, parameters,
-    and what would still learn with the feature extractor frozen.
+    and what would still learn with the feature extractor frozen. With --weights, first what
+    the file holds: its form, architecture, head, classes and what was left out.
 
     \b
     Example:
         vggviz info --arch vgg19_bn --size 320
+        vggviz info --weights my_vgg16_5class.pth
+        vggviz info --weights checkpoint.ckpt --json | jq .classes
     """
-    from vggviz.model.info import describe, format_info
+    from vggviz.model.info import describe_weights, format_weights, weights_json
 
-    click.echo(format_info(describe(arch, size, size)))
+    report = describe_weights(weights or "imagenet", arch, size=size, trust=trust_checkpoint)
+    if as_json:
+        click.echo(records_dumps(weights_json(report)))
+    elif weights is None:
+        from vggviz.model.info import format_info
+
+        click.echo(format_info(report.model))
+    else:
+        click.echo(format_weights(report))
 
 
 @cli.command()
@@ -265,7 +318,18 @@ def info(arch: str, size: int) -> None:
 @output_dir_option
 @handle_errors
 def filters(
-    arch, weights, seed, device, precision, layer, view, channel, cmap, scale, output_dir
+    arch,
+    weights,
+    trust_checkpoint,
+    seed,
+    device,
+    precision,
+    layer,
+    view,
+    channel,
+    cmap,
+    scale,
+    output_dir,
 ) -> None:
     """Draw a conv layer's kernels in a grid (conv1: 64 kernels, 8x8).
 
@@ -279,7 +343,7 @@ def filters(
     from vggviz.model.layers import select_layers
 
     _check_cmap(cmap)
-    loaded = _load(arch, weights, seed, device, precision)
+    loaded = _load(ModelSpec(arch, weights, seed, device, precision, trust_checkpoint))
     picked = select_layers(loaded.layers, layer)
     if len(picked) != 1:
         raise click.BadParameter(
@@ -383,6 +447,7 @@ def features(
     images,
     arch,
     weights,
+    trust_checkpoint,
     seed,
     device,
     precision,
@@ -424,7 +489,7 @@ def features(
     request = job.Request(
         images=images,
         out_dir=output_dir,
-        model=ModelSpec(arch, weights, seed, device, precision),
+        model=ModelSpec(arch, weights, seed, device, precision, trust_checkpoint),
         mode=mode,
         stage=stage,
         size=size,
@@ -700,6 +765,7 @@ def top(
     images,
     arch,
     weights,
+    trust_checkpoint,
     seed,
     device,
     precision,
@@ -735,7 +801,7 @@ def top(
     request = job.TopRequest(
         images=images,
         out_dir=output_dir,
-        model=ModelSpec(arch, weights, seed, device, precision),
+        model=ModelSpec(arch, weights, seed, device, precision, trust_checkpoint),
         layers=layer_spec,
         options=job.TopOptions(
             stage=stage,

@@ -139,7 +139,7 @@ def run(request: Request, hooks: Hooks = Hooks(), stdin: BinaryIO | None = None)
         raise UsageError(f"{err}; see matplotlib's colormap list", param="cmap") from None
     grid = values.parse_grid(request.grid)
     memory.check_memory(  # before anything heavy is loaded: --size 4000 must not take 9 GB
-        request.model.arch,
+        request.model.arch_bound(),
         request.size,
         batch_size=request.batch_size,
         mode=request.mode,
@@ -165,8 +165,8 @@ def run(request: Request, hooks: Hooks = Hooks(), stdin: BinaryIO | None = None)
         for layer in layers:
             layer.stage_module(request.stage)  # refuse bn on a model without BatchNorm now
     shaping = {
-        "arch": spec.arch,
-        "weights": weights_identity(spec.arch, spec.weights, spec.seed),
+        "arch": loaded.arch,
+        "weights": weights_identity(loaded.arch, spec.weights, spec.seed),
         "mode": request.mode,
         "stage": request.stage if request.mode == "network" else None,
         "size": request.size,
@@ -190,7 +190,7 @@ def run(request: Request, hooks: Hooks = Hooks(), stdin: BinaryIO | None = None)
         fingerprint=folders.fingerprint(shaping),
     )
     run_info = {
-        "arch": spec.arch,
+        "arch": loaded.arch,
         "weights": loaded.weights,
         "mode": request.mode,
         "stage": request.stage if request.mode == "network" else "-",

@@ -1,0 +1,676 @@
+"""Reading a weights file in every form people save one, without ever running its code.
+
+A tutorial reader's checkpoint may be a plain state dict, PyTorch's documented general
+checkpoint (``{"epoch", "model_state_dict", "optimizer_state_dict", "loss"}``), a Lightning
+``.ckpt``, pytorch/examples' ``.pth.tar``, a ``.safetensors`` file, a model saved whole, or a
+TorchScript archive; its names may carry ``module.`` (DataParallel, DDP), ``_orig_mod.``
+(``torch.compile``) or ``model.`` (Lightning). :func:`read_checkpoint` turns any of them into
+one :class:`Checkpoint`: tensor names as torchvision's VGG has them, shapes and dtypes known
+before any weight is read, the tensors read on demand (memory-mapped where the format allows),
+and a record of what was unwrapped, renamed and left out.
+
+Safety: PyTorch files are read with ``weights_only=True``, which refuses anything that would
+call code; a file that needs code (a pickled module, TorchScript) is loaded only when the
+caller trusts it, and is otherwise refused with both ways out. The code it would run is
+named from the pickle's opcodes, never by unpickling it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import pathlib
+import pickle
+import pickletools
+import re
+import warnings
+import zipfile
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+from torch import nn
+
+from vggviz.core.errors import WeightsError
+
+SUFFIXES = (".pth", ".pt", ".pth.tar", ".tar", ".ckpt", ".bin", ".safetensors")
+WRAPPERS = ("state_dict", "model_state_dict", "model", "net", "state_dict_ema")
+NAME_KEYS = ("classes", "class_names", "class_to_idx", "idx_to_class")
+HYPER_PARAMETERS = "hyper_parameters"  # Lightning's saved hparams, where names often are
+# harmless classes common in training checkpoints' extras (Lightning hparams, argparse
+# options); allowing them lets weights_only read such files
+HARMLESS = (argparse.Namespace, pathlib.PosixPath, pathlib.WindowsPath, pathlib.PurePosixPath)
+_MODEL_MODULES = ("torch.nn.modules.", "torch.nn.parallel.", "torchvision.models.", "timm.")
+_LEGACY_MAGIC = b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19"  # torch.save's pre-1.6 format
+_DROPPED = ("module", "_orig_mod")  # wrapper modules' names, anywhere in a key
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+
+class UntrustedCheckpointError(WeightsError):
+    """A file that can only be loaded by running code from it (a model pickled whole, a
+    TorchScript archive). :meth:`spelled` names the way out in the caller's own terms (the
+    command line's flag, the library's argument)."""
+
+    def __init__(self, path: Path, what: str, resave: str) -> None:
+        self.path, self.what, self.resave = path, what, resave
+        super().__init__(self.spelled(lambda name: f"{name}=True"), param="trust_checkpoint")
+
+    def spelled(self, option: Callable[[str], str]) -> str:
+        return (
+            f"{self.path}: {self.what}, which runs code when loaded; if you made it yourself, "
+            f"use {option('trust_checkpoint')}, or re-save it as a state dict in Python: "
+            f"{self.resave}"
+        )
+
+
+@dataclass(frozen=True)
+class Form:
+    """How the weights were stored, and what it took to get torchvision's names back."""
+
+    format: str  # "PyTorch (zip)", "PyTorch (legacy)", "safetensors", "TorchScript", ...
+    wrapper: str | None = None  # the entry holding the weights, e.g. "model_state_dict"
+    removed: tuple[str, ...] = ()  # prefixes taken off the names: "module.", "model." ...
+    added: str | None = None  # "features." for a conv part saved on its own
+
+    def describe(self) -> str:
+        parts = [self.format]
+        if self.wrapper:
+            parts.append(f"weights under {self.wrapper!r}")
+        if self.removed:
+            parts.append("prefix " + ", ".join(repr(p) for p in self.removed) + " removed")
+        if self.added:
+            parts.append(f"{self.added!r} added (the conv part alone)")
+        return "; ".join(parts)
+
+
+@dataclass
+class Checkpoint:
+    """A weights file's tensors under torchvision's names, read on demand."""
+
+    path: Path
+    form: Form
+    shapes: dict[str, tuple[int, ...]]  # name -> shape, for every tensor kept
+    dtypes: dict[str, torch.dtype]
+    entries: list[str] = field(default_factory=list)  # a wrapper's other entries, described
+    others: list[str] = field(default_factory=list)  # tensors outside the VGG, as named
+    class_names: list[str] | None = None  # as the file stores them, not yet checked
+    names_from: str | None = None  # where: "class_to_idx", "hyper_parameters.classes" ...
+    head_kinds: list[str] | None = None  # module types of a held model's classifier
+    _fetch: Callable[[list[str]], dict[str, torch.Tensor]] | None = None
+
+    @property
+    def ignored(self) -> list[str]:
+        """What the file holds besides the VGG's weights, described for a person."""
+        others = [f"{len(self.others)} tensor(s) outside the VGG: {_few(self.others)}"]
+        return self.entries + (others if self.others else [])
+
+    @property
+    def dtype_names(self) -> list[str]:
+        """The floating-point types of the weights, most common first."""
+        counts: dict[str, int] = {}
+        for name, dtype in self.dtypes.items():
+            if dtype.is_floating_point and not name.endswith("num_batches_tracked"):
+                key = str(dtype).removeprefix("torch.")
+                counts[key] = counts.get(key, 0) + 1
+        return sorted(counts, key=lambda k: -counts[k])
+
+    def tensors(self, names: list[str]) -> dict[str, torch.Tensor]:
+        """The tensors of ``names`` (those the file has), read now (mapped where it can)."""
+        assert self._fetch is not None
+        return self._fetch([n for n in names if n in self.shapes])
+
+
+def read_checkpoint(path: str | Path, *, trust: bool = False) -> Checkpoint:
+    """Every form of VGG weights file as one :class:`Checkpoint`; :class:`WeightsError` (one
+    line: the file, what it is, what to do) for anything else. ``trust``: also load files that
+    run code when loaded; only for files the user made."""
+    path = Path(path)
+    _check_file(path)
+    kind = _sniff(path)
+    if kind == "safetensors":
+        return _read_safetensors(path)
+    form, obj, kinds = _load_torch(path, kind, trust)
+    wrapper, state, outer = _unwrap(path, obj)
+    if isinstance(state, nn.Module):  # a model saved whole inside a wrapper
+        kinds = _classifier_kinds(state)
+        state = state.state_dict()
+    for key, value in state.items():
+        problem = _tensor_problem(key, value)
+        if problem:
+            raise WeightsError(
+                f"{path}: {problem} (a state dict maps names to dense floating-point tensors)"
+            )
+    names, removed, added, others = _normalise(path, list(state))
+    found = _class_names(outer)
+    tensors = {new: state[old] for new, old in names.items()}
+    checkpoint = Checkpoint(
+        path=path,
+        form=Form(form, wrapper, removed, added),
+        shapes={k: tuple(v.shape) for k, v in tensors.items()},
+        dtypes={k: v.dtype for k, v in tensors.items()},
+        entries=_left_out(outer, wrapper, found),
+        others=others,
+        class_names=found[1] if found else None,
+        names_from=found[0] if found else None,
+        head_kinds=kinds,
+        _fetch=lambda wanted: {n: tensors[n] for n in wanted},
+    )
+    return checkpoint
+
+
+# --- The file itself ------------------------------------------------------------------------
+
+
+def _check_file(path: Path) -> None:
+    """Refuse what is not a weights file at all before any reader sees it."""
+    try:
+        if path.is_dir():
+            inside = sorted(
+                p.name for p in path.iterdir() if p.is_file() and _suffix(p) in SUFFIXES
+            )
+            hint = f"; it holds {', '.join(inside[:3])}: give one of those" if inside else ""
+            raise WeightsError(f"{path}: a folder, not a weights file{hint}")
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise WeightsError(f"{path}: no such weights file") from None
+    except OSError as err:
+        raise WeightsError(f"{path}: cannot be read ({_os_reason(err)})") from None
+    if size == 0:
+        raise WeightsError(
+            f"{path}: an empty file (0 bytes); was its saving cut short? save it again"
+        )
+
+
+def _suffix(path: Path) -> str:
+    name = path.name.lower()
+    return ".pth.tar" if name.endswith(".pth.tar") else path.suffix.lower()
+
+
+def _sniff(path: Path) -> str:
+    """The format by the file's first bytes: zip, torchscript, legacy, safetensors, other."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(16)
+    except OSError as err:
+        raise WeightsError(f"{path}: cannot be read ({_os_reason(err)})") from None
+    if head.startswith(b"PK\x03\x04"):
+        if not zipfile.is_zipfile(path):
+            raise WeightsError(
+                f"{path}: a truncated zip archive (its end is missing); was its saving or "
+                "copying cut short? save or copy it again"
+            )
+        try:
+            with zipfile.ZipFile(path) as archive:
+                members = archive.namelist()
+        except (zipfile.BadZipFile, OSError) as err:
+            raise WeightsError(f"{path}: a damaged zip archive ({err}); save it again") from None
+        scripted = any(m.endswith("/constants.pkl") or "/code/" in m for m in members)
+        return "torchscript" if scripted else "zip"
+    if head.startswith(_LEGACY_MAGIC):
+        return "legacy"
+    if _suffix(path) == ".safetensors" or (len(head) > 8 and head[8:9] == b"{"):
+        return "safetensors"
+    return "other"
+
+
+# --- PyTorch files -----------------------------------------------------------------------------
+
+_FORMATS = {
+    "zip": "PyTorch (zip)",
+    "legacy": "PyTorch (legacy format)",
+    "other": "PyTorch",
+    "torchscript": "TorchScript archive",
+}
+
+
+def _load_torch(path: Path, kind: str, trust: bool) -> tuple[str, Any, list[str] | None]:
+    """(format, loaded object, classifier module types if a model was loaded whole)."""
+    if kind == "torchscript":
+        if not trust:
+            raise UntrustedCheckpointError(
+                path, "a TorchScript archive (torch.jit.save)", _resave(path, "torch.jit.load({})")
+            )
+        module = _quietly(lambda: torch.jit.load(str(path), map_location="cpu"))
+        return _FORMATS[kind], module, _classifier_kinds(module)
+    try:
+        obj = _quietly(lambda: _weights_only(path, mmap=kind == "zip"))
+    except pickle.UnpicklingError as err:
+        refusal = _refusal(err)
+        unsafe = _unsafe_globals(path, kind) if refusal is not None else []
+        if refusal is None:
+            raise WeightsError(_unreadable(path, kind, err)) from None
+        whole = any(g.startswith(_MODEL_MODULES) for g in unsafe)
+        if not trust:
+            if whole:
+                what = f"a whole pickled model ({unsafe[0]}, saved by torch.save(model))"
+                resave = _resave(path, "torch.load({}, weights_only=False)")
+            else:
+                needs = _few(unsafe) if unsafe else refusal
+                what = f"a checkpoint that needs {needs} to load"
+                resave = "torch.save(model.state_dict(), 'weights.pth') where you trained it"
+            raise UntrustedCheckpointError(path, what, resave) from None
+        obj = _quietly(lambda: torch.load(path, map_location="cpu", weights_only=False))
+        form = f"{_FORMATS[kind]}, pickled model {unsafe[0]}" if whole else _FORMATS[kind]
+        return form, obj, _classifier_kinds(obj) if isinstance(obj, nn.Module) else None
+    except Exception as err:
+        raise WeightsError(_unreadable(path, kind, err)) from None
+    return _FORMATS[kind], obj, None
+
+
+def _refusal(err: pickle.UnpicklingError) -> str | None:
+    """What ``weights_only`` refused (None: the pickle itself is damaged): the line of torch's
+    message that names it, without torch's advice about its own options."""
+    text = str(err)
+    if "Weights only load failed" not in text:
+        return None
+    for line in text.splitlines():
+        if "WeightsUnpickler error:" in line:
+            reason = line.split("WeightsUnpickler error:", 1)[1].strip()
+            return reason.split(" was not an allowed global")[0].removeprefix(
+                "Unsupported global: GLOBAL "
+            )
+    return "code that weights-only loading refuses"
+
+
+def _weights_only(path: Path, mmap: bool) -> Any:
+    with torch.serialization.safe_globals(list(HARMLESS)):
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+
+
+def _quietly(load: Callable[[], Any]) -> Any:
+    """torch's notes while loading (odd contents, TorchScript's deprecation) are not the
+    user's business: problems are reported below in messages of our own."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return load()
+
+
+def _unreadable(path: Path, kind: str, err: BaseException) -> str:
+    reason = _reason(err)
+    if kind == "legacy" and ("EOF" in reason or isinstance(err, EOFError)):
+        return f"{path}: a PyTorch file (legacy format) that is cut short ({reason}); save it again"
+    if kind == "other":  # torch's reason would only say which byte it did not expect
+        return (
+            f"{path}: not a PyTorch or safetensors file (neither format's first bytes); "
+            "save the weights with torch.save(model.state_dict(), FILE)"
+        )
+    return f"{path}: a damaged PyTorch file ({reason}); save it again"
+
+
+def _resave(path: Path, load: str) -> str:
+    target = path.with_name(path.name.split(".")[0] + "_state_dict.pth")
+    return f"torch.save({load.format(repr(str(path)))}.state_dict(), {str(target)!r})"
+
+
+def _classifier_kinds(module: object) -> list[str] | None:
+    classifier = getattr(module, "module", module)  # DataParallel holds the model
+    classifier = getattr(classifier, "classifier", None)
+    if isinstance(classifier, nn.Sequential):
+        return [getattr(m, "original_name", type(m).__name__) for m in classifier]
+    return None
+
+
+def _unsafe_globals(path: Path, kind: str) -> list[str]:
+    """The classes and functions a pickle would import to load, that ``weights_only``
+    refuses, in order of appearance (the saved object's own class first)."""
+    allowed = set(_allowed_globals())
+    try:
+        if kind == "zip":
+            with zipfile.ZipFile(path) as archive:
+                data = next(m for m in archive.namelist() if m.endswith("data.pkl"))
+                found = list(_pickle_globals(io.BytesIO(archive.read(data)), 1))
+        else:
+            with path.open("rb") as f:  # magic number, protocol, system info, then the object
+                found = list(_pickle_globals(f, 4))
+    except (StopIteration, OSError, zipfile.BadZipFile):
+        return []
+    unsafe: list[str] = []
+    for name in found:
+        if name not in allowed and name not in unsafe:
+            unsafe.append(name)
+    return unsafe
+
+
+def _allowed_globals() -> list[str]:
+    names = [f"{c.__module__}.{c.__qualname__}" for c in HARMLESS]
+    names += [
+        f"{g.__module__}.{g.__qualname__}"
+        for g in torch.serialization.get_safe_globals()
+        if hasattr(g, "__qualname__")
+    ]
+    try:  # torch's own list (private; without it every global counts as unsafe)
+        from torch import _weights_only_unpickler
+
+        names += list(_weights_only_unpickler._get_allowed_globals())
+    except (ImportError, AttributeError):
+        pass
+    return names
+
+
+_STRINGS = {"UNICODE", "SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "STRING", "BINSTRING"}
+_STRINGS |= {"SHORT_BINSTRING"}
+_MEMO_PUT = {"PUT", "BINPUT", "LONG_BINPUT"}
+_MEMO_GET = {"GET", "BINGET", "LONG_BINGET"}
+_NO_PUSH = {"PROTO", "FRAME", "MEMOIZE", "STOP", "POP", "POP_MARK"} | _MEMO_PUT
+
+
+def _pickle_globals(data: IO[bytes], pickles: int) -> Iterator[str]:
+    """``module.name`` of every GLOBAL and STACK_GLOBAL in the next ``pickles`` pickles,
+    read by opcode only (pickletools never imports or calls anything)."""
+    for _ in range(pickles):
+        pushed: list[str | None] = []  # what each opcode pushed, when it was a string
+        memo: dict[int, str | None] = {}
+        try:
+            for op, arg, _pos in pickletools.genops(data):
+                name = op.name
+                if name == "GLOBAL":  # protocols 0-2 spell builtins as Python 2 did
+                    yield str(arg).replace(" ", ".").replace("__builtin__.", "builtins.")
+                    pushed.append(None)
+                elif name == "STACK_GLOBAL":
+                    module, attr = (pushed[-2], pushed[-1]) if len(pushed) >= 2 else (None, None)
+                    if isinstance(module, str) and isinstance(attr, str):
+                        yield f"{module}.{attr}"
+                    pushed.append(None)
+                elif name == "MEMOIZE":
+                    memo[len(memo)] = pushed[-1] if pushed else None
+                elif name in _MEMO_PUT:
+                    memo[int(arg)] = pushed[-1] if pushed else None
+                elif name in _MEMO_GET:
+                    pushed.append(memo.get(int(arg)))
+                elif name in _STRINGS:
+                    pushed.append(arg if isinstance(arg, str) else None)
+                elif name not in _NO_PUSH:
+                    pushed.append(None)
+        except (ValueError, EOFError, pickle.UnpicklingError):
+            return
+
+
+# --- safetensors ---------------------------------------------------------------------------------
+
+
+def _read_safetensors(path: Path) -> Checkpoint:
+    """Names, shapes and dtypes from the header; tensors read only when asked for."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            keys = list(f.keys())
+            metadata = f.metadata() or {}
+            info = {k: (f.get_slice(k).get_shape(), f.get_slice(k).get_dtype()) for k in keys}
+    except (SafetensorError, OSError, ValueError) as err:
+        raise WeightsError(
+            f"{path}: not a valid safetensors file ({_reason(err)}); is it complete? "
+            "download or save it again"
+        ) from None
+    for key, (_shape, dtype) in info.items():
+        torch_dtype = _SAFETENSORS_DTYPES.get(dtype)
+        if key.endswith("num_batches_tracked"):
+            continue
+        if torch_dtype is None or not torch_dtype.is_floating_point:
+            raise WeightsError(
+                f"{path}: {_name(key)} holds {dtype} values, not floating point "
+                "(a state dict maps names to dense floating-point tensors)"
+            )
+    names, removed, added, others = _normalise(path, keys)
+    found = _class_names({k: _json(v) for k, v in metadata.items()})
+
+    def fetch(wanted: list[str]) -> dict[str, torch.Tensor]:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            return {n: f.get_tensor(names[n]) for n in wanted}
+
+    return Checkpoint(
+        path=path,
+        form=Form("safetensors", None, removed, added),
+        shapes={new: tuple(info[old][0]) for new, old in names.items()},
+        dtypes={
+            new: _SAFETENSORS_DTYPES.get(info[old][1], torch.int64) for new, old in names.items()
+        },
+        others=others,
+        class_names=found[1] if found else None,
+        names_from=f"metadata {found[0]}" if found else None,
+        _fetch=fetch,
+    )
+
+
+def _json(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+# --- The weights inside --------------------------------------------------------------------------
+
+
+def _unwrap(path: Path, obj: Any) -> tuple[str | None, Any, list[Mapping]]:
+    """(where the weights were, the state dict or module, the wrappers passed through)."""
+    outer: list[Mapping] = []
+    where: list[str] = []
+    while True:
+        if isinstance(obj, nn.Module):
+            return "/".join(where) or None, obj, outer
+        if not isinstance(obj, Mapping):
+            raise WeightsError(
+                f"{path}: holds a {type(obj).__name__}, not a state dict "
+                "(a mapping of names to tensors); save model.state_dict()"
+            )
+        if _is_state_dict(obj):
+            return "/".join(where) or None, obj, outer
+        if len(where) == 3:
+            break
+        outer.append(obj)
+        key = _weights_entry(path, obj)
+        where.append(key)
+        obj = obj[key]
+    raise WeightsError(f"{path}: no state dict found under {'/'.join(where)}")
+
+
+def _is_state_dict(obj: Mapping) -> bool:
+    """Mostly tensors (a few odd entries are then reported as such, not unwrapped)."""
+    tensors = sum(isinstance(v, torch.Tensor) for v in obj.values())
+    return bool(obj) and tensors * 2 > len(obj)
+
+
+def _weights_entry(path: Path, wrapper: Mapping) -> str:
+    """The entry of a training checkpoint that holds the weights."""
+    for key in WRAPPERS:
+        if _holds_weights(wrapper.get(key)):
+            return key
+    candidates = [k for k, v in wrapper.items() if isinstance(k, str) and _holds_weights(v)]
+    if len(candidates) > 1:  # e.g. a model and its optimizer: the one with VGG names
+        vgg_like = [k for k in candidates if _looks_like_vgg(wrapper[k])]
+        candidates = vgg_like or candidates
+    if len(candidates) == 1:
+        return candidates[0]
+    entries = ", ".join(_describe_entry(k, v) for k, v in list(wrapper.items())[:6])
+    if candidates:
+        raise WeightsError(
+            f"{path}: several state dicts ({', '.join(map(repr, candidates))}), none of them "
+            f"under a usual name ({', '.join(WRAPPERS)}); save the model's alone"
+        )
+    raise WeightsError(
+        f"{path}: holds no state dict (entries: {entries}); save model.state_dict() in it"
+    )
+
+
+def _holds_weights(value: object) -> bool:
+    if isinstance(value, nn.Module):
+        return True
+    if not isinstance(value, Mapping) or not value:
+        return False
+    return _is_state_dict(value) or any(_holds_weights(v) for v in value.values())
+
+
+def _looks_like_vgg(value: object) -> bool:
+    """A module, or a mapping with (maybe deeper) names of a VGG's conv part."""
+    if isinstance(value, nn.Module):
+        return True
+    if not isinstance(value, Mapping):
+        return False
+    keys = [k for k in value if isinstance(k, str)]
+    if any("features." in k or _FEATURES_ONLY.match(k) for k in keys):
+        return True
+    return any(_looks_like_vgg(v) for v in value.values())
+
+
+def _describe_entry(key: object, value: object) -> str:
+    return f"{key} ({type(value).__name__})"
+
+
+def _left_out(
+    outer: list[Mapping], wrapper: str | None, names: tuple[str, Any] | None
+) -> list[str]:
+    """The wrappers' other entries (epoch, optimizer, ...), as ``name (type)``."""
+    used = set((wrapper or "").split("/"))
+    if names and "." not in names[0]:
+        used.add(names[0])  # hyper_parameters hold more than names: still listed
+    return [
+        _describe_entry(key, value)
+        for mapping in outer
+        for key, value in mapping.items()
+        if key not in used
+    ]
+
+
+_FEATURES_ONLY = re.compile(r"\d+\.(weight|bias|running_mean|running_var|num_batches_tracked)$")
+
+
+def _normalise(
+    path: Path, keys: list[str]
+) -> tuple[dict[str, str], tuple[str, ...], str | None, list[str]]:
+    """torchvision's name for each key that belongs to the VGG: ({new: old}, prefixes removed,
+    prefix added, the keys left out)."""
+    removed: list[str] = []
+    renamed: dict[str, str] = {}
+    for key in keys:
+        parts = key.split(".")
+        kept = [p for p in parts if p not in _DROPPED]
+        for part in _DROPPED:
+            if part in parts and f"{part}." not in removed:
+                removed.append(f"{part}.")
+        renamed[key] = ".".join(kept)
+    added = None
+    new_names = list(renamed.values())
+    if not any(n.startswith(("features.", "classifier.")) for n in new_names):
+        if new_names and all(_FEATURES_ONLY.match(n) for n in new_names):
+            renamed = {k: f"features.{n}" for k, n in renamed.items()}
+            added = "features."
+        else:
+            prefixes = {n[: n.index("features.")] for n in new_names if ".features." in f".{n}"}
+            if len(prefixes) == 1 and (prefix := prefixes.pop()):
+                removed.append(prefix)
+                renamed = {k: n.removeprefix(prefix) for k, n in renamed.items()}
+    names: dict[str, str] = {}
+    left: list[str] = []
+    for old, new in renamed.items():
+        if not new.startswith(("features.", "classifier.")):
+            left.append(_name(old))
+            continue
+        if new in names:
+            raise WeightsError(
+                f"{path}: two tensors are named {_name(new)} once prefixes are removed "
+                f"({_name(names[new])} and {_name(old)}); save one model's state dict"
+            )
+        names[new] = old
+    return names, tuple(removed), added, left
+
+
+def _class_names(outer: list[Mapping] | Mapping) -> tuple[str, list[str]] | None:
+    """(where, names) of the classes, from the usual entries or Lightning's hparams."""
+    mappings = [outer] if isinstance(outer, Mapping) else outer
+    for mapping in mappings:
+        places: list[tuple[str, Any]] = [(k, mapping.get(k)) for k in NAME_KEYS]
+        hparams = mapping.get(HYPER_PARAMETERS)
+        if isinstance(hparams, Mapping):
+            places += [(f"{HYPER_PARAMETERS}.{k}", hparams.get(k)) for k in NAME_KEYS]
+        for where, value in places:
+            names = _names(value)
+            if names:
+                return where, names
+    return None
+
+
+def _names(value: object) -> list[str] | None:
+    """Class names from a list, a name -> index or an index -> name mapping."""
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value):
+        return list(value)
+    if not isinstance(value, Mapping) or not value:
+        return None
+    pairs = []
+    for k, v in value.items():
+        if isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool):
+            pairs.append((v, k))  # class_to_idx
+        elif isinstance(v, str) and (isinstance(k, int) or (isinstance(k, str) and k.isdigit())):
+            pairs.append((int(k), v))  # idx_to_class
+        else:
+            return None
+    pairs.sort()
+    if [i for i, _ in pairs] != list(range(len(pairs))):
+        return None
+    return [name for _, name in pairs]
+
+
+# --- Tensors -----------------------------------------------------------------------------------
+
+
+def _tensor_problem(key: object, value: object) -> str | None:
+    """Why ``key: value`` cannot be a weight of a VGG (None if it can): only string names and
+    dense, real floating-point tensors with data; BatchNorm's step counter is an integer."""
+    if not isinstance(key, str):
+        return f"key {_short(key)} ({type(key).__name__}) is not a name"
+    key = _name(key)
+    if not isinstance(value, torch.Tensor):
+        return f"{key} is not a tensor but {type(value).__name__}"
+    if value.is_meta:
+        return f"{key} is a meta tensor (a shape without data)"
+    if value.is_quantized:
+        return f"{key} is a quantized tensor ({value.dtype})"
+    if value.is_nested or value.layout != torch.strided:
+        return f"{key} is not a dense tensor (layout {value.layout})"
+    if key.rsplit(".", 1)[-1] == "num_batches_tracked":
+        return None  # BatchNorm's step counter: int64 by design, unused in eval mode
+    if not value.is_floating_point():
+        return f"{key} holds {value.dtype} values, not floating point"
+    return None
+
+
+def _short(value: object, most: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= most else text[: most - 3] + "..."
+
+
+def _name(key: str) -> str:
+    """A key as a message shows it: as is when plain, quoted and shortened when it holds
+    line breaks or control characters or is very long (messages stay one line)."""
+    return key if key.isprintable() and len(key) <= 120 else _short(key, 120)
+
+
+def _few(items: list[str], n: int = 3) -> str:
+    more = f" and {len(items) - n} more" if len(items) > n else ""
+    return ", ".join(items[:n]) + more
+
+
+def _reason(err: BaseException) -> str:
+    """The first line of an error, without torch's advice about its own options."""
+    text = str(getattr(err, "reason", "") or err).strip().splitlines()
+    return text[0] if text else type(err).__name__
+
+
+def _os_reason(err: OSError) -> str:
+    from vggviz.core.errors import os_reason
+
+    return os_reason(err)
