@@ -293,7 +293,7 @@ def _check_chain(chain: list[HeadLayer]) -> None:
                 else ""
             )
             raise HeadError(
-                f"{layer.name} takes {layer.inputs} inputs but {source} gives {width}{hint}"
+                f"{layer.name} takes {layer.inputs} values but gets {width} from {source}{hint}"
             )
         assert layer.outputs is not None
         width, source = layer.outputs, layer.name
