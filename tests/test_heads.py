@@ -128,12 +128,16 @@ def test_a_head_that_cannot_be_rebuilt_is_reported_and_ignored(tmp_path, feature
 @pytest.mark.parametrize(
     ("shapes", "problem"),
     [
-        ({"classifier.0.weight": (8, 25088), "classifier.2.weight": (3, 9)},
-         "classifier.2 takes 9 values but gets 8 from classifier.0"),
+        (
+            {"classifier.0.weight": (8, 25088), "classifier.2.weight": (3, 9)},
+            "classifier.2 takes 9 values but gets 8 from classifier.0",
+        ),
         ({"classifier.fc.weight": (3, 25088)}, "classifier.fc.weight is not a layer of a"),
         ({"classifier.0.weight": (3, 25088, 1)}, "classifier.0 (weight [3, 25088, 1]) is nei"),
-        ({"classifier.weight": (3, 25088), "classifier.bias": (4,)},
-         "classifier.bias has shape [4], expected [3]"),
+        (
+            {"classifier.weight": (3, 25088), "classifier.bias": (4,)},
+            "classifier.bias has shape [4], expected [3]",
+        ),
     ],
 )
 def test_heads_that_do_not_add_up_are_named(shapes, problem) -> None:

@@ -204,7 +204,7 @@ def _sniff(path: Path) -> str:
     """The format by the file's first bytes: zip, torchscript, legacy, safetensors, other."""
     try:
         with path.open("rb") as f:
-            head = f.read(16)
+            head = f.read(64)
     except OSError as err:
         raise WeightsError(f"{path}: cannot be read ({_os_reason(err)})") from None
     if head.startswith(b"PK\x03\x04"):
@@ -222,6 +222,14 @@ def _sniff(path: Path) -> str:
         return "torchscript" if scripted else "zip"
     if head.startswith(_LEGACY_MAGIC):
         return "legacy"
+    if head.startswith(b"version https://git-lfs"):
+        raise WeightsError(
+            f"{path}: a Git LFS pointer, not the weights themselves; fetch them with git lfs pull"
+        )
+    if head.lstrip().lower().startswith((b"<!doctype", b"<html")):
+        raise WeightsError(
+            f"{path}: a web page, not weights (a download that went wrong?); download it again"
+        )
     if _suffix(path) == ".safetensors" or (len(head) > 8 and head[8:9] == b"{"):
         return "safetensors"
     return "other"
@@ -249,7 +257,7 @@ def _load_torch(path: Path, kind: str, trust: bool) -> tuple[str, Any, list[str]
     try:
         obj = _quietly(lambda: _weights_only(path, mmap=kind == "zip"))
     except pickle.UnpicklingError as err:
-        refusal = _refusal(err)
+        refusal = _refusal(err) if kind != "other" else None  # torch's files have a magic
         unsafe = _unsafe_globals(path, kind) if refusal is not None else []
         if refusal is None:
             raise WeightsError(_unreadable(path, kind, err)) from None
