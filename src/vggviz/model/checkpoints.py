@@ -71,9 +71,9 @@ class UntrustedCheckpointError(WeightsError):
 
     def spelled(self, option: Callable[[str], str]) -> str:
         return (
-            f"{self.path}: {self.what}, which runs code when loaded; if you made it yourself, "
-            f"use {option('trust_checkpoint')}, or re-save it as a state dict in Python: "
-            f"{self.resave}"
+            f"{shown(self.path)}: {self.what}, which runs code when loaded; "
+            f"if you made it yourself, use {option('trust_checkpoint')}, "
+            f"or re-save it as a state dict in Python: {self.resave}"
         )
 
 
@@ -152,7 +152,8 @@ def read_checkpoint(path: str | Path, *, trust: bool = False) -> Checkpoint:
         problem = _tensor_problem(key, value)
         if problem:
             raise WeightsError(
-                f"{path}: {problem} (a state dict maps names to dense floating-point tensors)"
+                f"{shown(path)}: {problem} "
+                "(a state dict maps names to dense floating-point tensors)"
             )
     names, removed, added, others = _normalise(path, list(state))
     found = _class_names(outer)
@@ -183,15 +184,20 @@ def _check_file(path: Path) -> None:
                 p.name for p in path.iterdir() if p.is_file() and _suffix(p) in SUFFIXES
             )
             hint = f"; it holds {', '.join(inside[:3])}: give one of those" if inside else ""
-            raise WeightsError(f"{path}: a folder, not a weights file{hint}")
+            raise WeightsError(f"{shown(path)}: a folder, not a weights file{hint}")
         size = path.stat().st_size
+        if not path.is_file():
+            raise WeightsError(
+                f"{shown(path)}: not a regular file (a device or a pipe); save the weights "
+                "to a file and give that"
+            )
     except FileNotFoundError:
-        raise WeightsError(f"{path}: no such weights file") from None
+        raise WeightsError(f"{shown(path)}: no such weights file") from None
     except OSError as err:
-        raise WeightsError(f"{path}: cannot be read ({_os_reason(err)})") from None
+        raise WeightsError(f"{shown(path)}: cannot be read ({_os_reason(err)})") from None
     if size == 0:
         raise WeightsError(
-            f"{path}: an empty file (0 bytes); was its saving cut short? save it again"
+            f"{shown(path)}: an empty file (0 bytes); was its saving cut short? save it again"
         )
 
 
@@ -206,29 +212,33 @@ def _sniff(path: Path) -> str:
         with path.open("rb") as f:
             head = f.read(64)
     except OSError as err:
-        raise WeightsError(f"{path}: cannot be read ({_os_reason(err)})") from None
+        raise WeightsError(f"{shown(path)}: cannot be read ({_os_reason(err)})") from None
     if head.startswith(b"PK\x03\x04"):
         if not zipfile.is_zipfile(path):
             raise WeightsError(
-                f"{path}: a truncated zip archive (its end is missing); was its saving or "
+                f"{shown(path)}: a truncated zip archive (its end is missing); was its saving or "
                 "copying cut short? save or copy it again"
             )
         try:
             with zipfile.ZipFile(path) as archive:
                 members = archive.namelist()
         except (zipfile.BadZipFile, OSError) as err:
-            raise WeightsError(f"{path}: a damaged zip archive ({err}); save it again") from None
+            raise WeightsError(
+                f"{shown(path)}: a damaged zip archive ({err}); save it again"
+            ) from None
         scripted = any(m.endswith("/constants.pkl") or "/code/" in m for m in members)
         return "torchscript" if scripted else "zip"
     if head.startswith(_LEGACY_MAGIC):
         return "legacy"
     if head.startswith(b"version https://git-lfs"):
         raise WeightsError(
-            f"{path}: a Git LFS pointer, not the weights themselves; fetch them with git lfs pull"
+            f"{shown(path)}: a Git LFS pointer, not the weights themselves; "
+            "fetch them with git lfs pull"
         )
     if head.lstrip().lower().startswith((b"<!doctype", b"<html")):
         raise WeightsError(
-            f"{path}: a web page, not weights (a download that went wrong?); download it again"
+            f"{shown(path)}: a web page, not weights (a download that went wrong?); "
+            "download it again"
         )
     if _suffix(path) == ".safetensors" or (len(head) > 8 and head[8:9] == b"{"):
         return "safetensors"
@@ -310,13 +320,16 @@ def _quietly(load: Callable[[], Any]) -> Any:
 def _unreadable(path: Path, kind: str, err: BaseException) -> str:
     reason = _reason(err)
     if kind == "legacy" and ("EOF" in reason or isinstance(err, EOFError)):
-        return f"{path}: a PyTorch file (legacy format) that is cut short ({reason}); save it again"
+        return (
+            f"{shown(path)}: a PyTorch file (legacy format) that is cut short ({reason}); "
+            "save it again"
+        )
     if kind == "other":  # torch's reason would only say which byte it did not expect
         return (
-            f"{path}: not a PyTorch or safetensors file (neither format's first bytes); "
+            f"{shown(path)}: not a PyTorch or safetensors file (neither format's first bytes); "
             "save the weights with torch.save(model.state_dict(), FILE)"
         )
-    return f"{path}: a damaged PyTorch file ({reason}); save it again"
+    return f"{shown(path)}: a damaged PyTorch file ({reason}); save it again"
 
 
 def _resave(path: Path, load: str) -> str:
@@ -421,7 +434,7 @@ def _read_safetensors(path: Path) -> Checkpoint:
             info = {k: (f.get_slice(k).get_shape(), f.get_slice(k).get_dtype()) for k in keys}
     except (SafetensorError, OSError, ValueError) as err:
         raise WeightsError(
-            f"{path}: not a valid safetensors file ({_reason(err)}); is it complete? "
+            f"{shown(path)}: not a valid safetensors file ({_reason(err)}); is it complete? "
             "download or save it again"
         ) from None
     for key, (_shape, dtype) in info.items():
@@ -430,7 +443,7 @@ def _read_safetensors(path: Path) -> Checkpoint:
             continue
         if torch_dtype is None or not torch_dtype.is_floating_point:
             raise WeightsError(
-                f"{path}: {_name(key)} holds {dtype} values, not floating point "
+                f"{shown(path)}: {_name(key)} holds {dtype} values, not floating point "
                 "(a state dict maps names to dense floating-point tensors)"
             )
     names, removed, added, others = _normalise(path, keys)
@@ -473,7 +486,7 @@ def _unwrap(path: Path, obj: Any) -> tuple[str | None, Any, list[Mapping]]:
             return "/".join(where) or None, obj, outer
         if not isinstance(obj, Mapping):
             raise WeightsError(
-                f"{path}: holds a {type(obj).__name__}, not a state dict "
+                f"{shown(path)}: holds a {type(obj).__name__}, not a state dict "
                 "(a mapping of names to tensors); save model.state_dict()"
             )
         if _is_state_dict(obj):
@@ -484,7 +497,7 @@ def _unwrap(path: Path, obj: Any) -> tuple[str | None, Any, list[Mapping]]:
         key = _weights_entry(path, obj)
         where.append(key)
         obj = obj[key]
-    raise WeightsError(f"{path}: no state dict found under {'/'.join(where)}")
+    raise WeightsError(f"{shown(path)}: no state dict found under {'/'.join(where)}")
 
 
 def _is_state_dict(obj: Mapping) -> bool:
@@ -507,11 +520,11 @@ def _weights_entry(path: Path, wrapper: Mapping) -> str:
     entries = ", ".join(_describe_entry(k, v) for k, v in list(wrapper.items())[:6])
     if candidates:
         raise WeightsError(
-            f"{path}: several state dicts ({', '.join(map(repr, candidates))}), none of them "
-            f"under a usual name ({', '.join(WRAPPERS)}); save the model's alone"
+            f"{shown(path)}: several state dicts ({', '.join(map(repr, candidates))}), "
+            f"none of them under a usual name ({', '.join(WRAPPERS)}); save the model's alone"
         )
     raise WeightsError(
-        f"{path}: holds no state dict (entries: {entries}); save model.state_dict() in it"
+        f"{shown(path)}: holds no state dict (entries: {entries}); save model.state_dict() in it"
     )
 
 
@@ -590,7 +603,7 @@ def _normalise(
             continue
         if new in names:
             raise WeightsError(
-                f"{path}: two tensors are named {_name(new)} once prefixes are removed "
+                f"{shown(path)}: two tensors are named {_name(new)} once prefixes are removed "
                 f"({_name(names[new])} and {_name(old)}); save one model's state dict"
             )
         names[new] = old
@@ -654,6 +667,13 @@ def _tensor_problem(key: object, value: object) -> str | None:
     if not value.is_floating_point():
         return f"{key} holds {value.dtype} values, not floating point"
     return None
+
+
+def shown(path: str | Path) -> str:
+    """A file name as a one-line message shows it: as is, or quoted with its line breaks,
+    control characters and undecodable bytes escaped."""
+    text = str(path)
+    return text if text.isprintable() else repr(text)
 
 
 def _short(value: object, most: int = 40) -> str:

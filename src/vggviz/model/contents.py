@@ -15,7 +15,7 @@ from vggviz.model.architectures import (
     mismatch,
     read_head,
 )
-from vggviz.model.checkpoints import Checkpoint
+from vggviz.model.checkpoints import Checkpoint, shown
 
 _CONV_KEY = re.compile(
     r"features\.\d+\.(weight|bias|running_mean|running_var|num_batches_tracked)$"
@@ -71,7 +71,7 @@ def examine(checkpoint: Checkpoint, arch: str | None = None) -> Contents:
     Raises :class:`WeightsError` for weights of another network, or of another VGG than
     ``arch`` (naming the one they fit)."""
     shapes = checkpoint.shapes
-    source = str(checkpoint.path)
+    source = shown(checkpoint.path)
     if not any(_CONV_KEY.match(name) for name in shapes):
         raise WeightsError(_not_a_vgg(checkpoint))
     fits = detect_arch(shapes)
@@ -123,10 +123,11 @@ def _not_a_vgg(checkpoint: Checkpoint) -> str:
         "another network",
     )
     if not names:
-        return f"{checkpoint.path}: holds no tensors; save model.state_dict() after training"
+        return f"{shown(checkpoint.path)}: holds no tensors; save model.state_dict() after training"
     return (
-        f"{checkpoint.path}: the weights of {what}, not of a VGG (keys {_few(names)}; a VGG's "
-        "are features.0.weight, features.0.bias, ...); give a VGG's checkpoint"
+        f"{shown(checkpoint.path)}: the weights of {what}, not of a VGG "
+        f"(keys {_few(names)}; a VGG's are features.0.weight, features.0.bias, ...); "
+        "give a VGG's checkpoint"
     )
 
 

@@ -19,7 +19,7 @@ from vggviz.core.errors import DeviceError, UsageError, WeightsError
 from vggviz.core.values import parse_device
 from vggviz.core.vocabulary import DEFAULT_ARCH, ModelSpec
 from vggviz.model.architectures import ARCHS, Head, vgg
-from vggviz.model.checkpoints import read_checkpoint
+from vggviz.model.checkpoints import read_checkpoint, shown
 from vggviz.model.contents import Contents, examine
 from vggviz.model.imagenet import (
     IMAGENET_WEIGHTS,
@@ -276,7 +276,7 @@ def load_model(
             for key, _ in [*module.named_parameters(), *module.named_buffers()]
         ]
         state = contents.checkpoint.tensors(wanted)
-        _check_finite(state, str(path))
+        _check_finite(state, shown(path))
         model.load_state_dict(state, strict=False, assign=True)  # same module objects
         if weights != "imagenet":
             classes, names = contents.classes, contents.class_names
@@ -320,7 +320,7 @@ def _place(
 
 
 def _no_head(contents: Contents) -> str:
-    path = contents.checkpoint.path
+    path = shown(contents.checkpoint.path)
     if contents.head_problem:
         return f"{path}: its classifier cannot be rebuilt ({contents.head_problem})"
     return (
