@@ -243,3 +243,14 @@ def test_maps_of_a_detected_architecture_match_an_explicit_one(vgg11_bn_file) ->
     explicit = load_model("vgg11_bn", str(vgg11_bn_file), device="cpu")
     with torch.no_grad():
         assert torch.equal(detected.model.features(X), explicit.model.features(X))
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_the_counted_signature_is_the_built_models(arch) -> None:
+    from vggviz.model.architectures import conv_signature, vgg
+
+    with torch.device("meta"):
+        built = vgg(arch).features.state_dict()
+    assert conv_signature(arch) == {
+        f"features.{k}": tuple(v.shape) for k, v in built.items() if "num_batches" not in k
+    }
