@@ -166,6 +166,15 @@ def _one_entry(model: nn.Module, folder: Path) -> Path:
     return folder / "run.pt"
 
 
+def _tensor_extras(model: nn.Module, folder: Path) -> Path:
+    """More tensors than other entries beside the weights: still a wrapper."""
+    path = folder / "best.pth"
+    torch.save(
+        {"model": model.state_dict(), "acc": torch.tensor(0.9), "loss": torch.tensor(1.0)}, path
+    )
+    return path
+
+
 def _features_alone(model: nn.Module, folder: Path) -> Path:
     torch.save(model.features.state_dict(), folder / "features.pth")
     return folder / "features.pth"
@@ -206,6 +215,7 @@ FORMS: dict[str, tuple[Callable[[nn.Module, Path], Path], str]] = {
     "net": (_net, "PyTorch (zip); weights under 'net'"),
     "EMA": (_ema, "PyTorch (zip); weights under 'state_dict_ema'"),
     "one entry": (_one_entry, "PyTorch (zip); weights under 'weights'"),
+    "tensors beside": (_tensor_extras, "PyTorch (zip); weights under 'model'"),
     "features alone": (_features_alone, "PyTorch (zip); 'features.' added (the conv part alone)"),
     "features alone, DataParallel": (
         _features_alone_data_parallel,
@@ -411,3 +421,20 @@ def test_a_pickle_needing_other_code_names_it(tmp_path, model, reference) -> Non
     assert trusted.contents.checkpoint.ignored == ["notes (RunNotes)"]
     for name, tensor in maps(trusted).items():
         assert torch.equal(tensor, reference[name]), name
+
+
+def test_safetensors_are_checked_like_any_file(tmp_path, model) -> None:
+    """Integer weights and NaN are refused in a .safetensors file too, naming the tensor."""
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    ints = {**state, "features.0.weight": state["features.0.weight"].to(torch.int32)}
+    save_file(ints, tmp_path / "ints.safetensors")
+    with pytest.raises(WeightsError) as err:
+        load_model(None, str(tmp_path / "ints.safetensors"))
+    assert str(err.value) == (
+        f"{tmp_path / 'ints.safetensors'}: features.0.weight holds I32 values, not floating "
+        "point (a state dict maps names to dense floating-point tensors)"
+    )
+    state["features.4.weight"].view(-1)[7] = float("nan")
+    save_file(state, tmp_path / "nan.safetensors")
+    with pytest.raises(WeightsError, match=r"features.4.weight holds 1 NaN and 0 infinite"):
+        load_model(None, str(tmp_path / "nan.safetensors"))

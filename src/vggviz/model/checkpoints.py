@@ -18,6 +18,7 @@ named from the pickle's opcodes, never by unpickling it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import pathlib
@@ -305,7 +306,8 @@ def _refusal(err: pickle.UnpicklingError) -> str | None:
 
 
 def _weights_only(path: Path, mmap: bool) -> Any:
-    with torch.serialization.safe_globals(list(HARMLESS)):
+    allow = getattr(torch.serialization, "safe_globals", None)  # torch >= 2.5
+    with allow(list(HARMLESS)) if allow else contextlib.nullcontext():
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
 
 
@@ -333,7 +335,9 @@ def _unreadable(path: Path, kind: str, err: BaseException) -> str:
 
 
 def _resave(path: Path, load: str) -> str:
-    target = path.with_name(path.name.split(".")[0] + "_state_dict.pth")
+    suffix = _suffix(path)
+    stem = path.name[: -len(suffix)] if suffix in SUFFIXES else path.stem
+    target = path.with_name(f"{stem}_state_dict.pth")
     return f"torch.save({load.format(repr(str(path)))}.state_dict(), {str(target)!r})"
 
 
@@ -370,7 +374,7 @@ def _allowed_globals() -> list[str]:
     names = [f"{c.__module__}.{c.__qualname__}" for c in HARMLESS]
     names += [
         f"{g.__module__}.{g.__qualname__}"
-        for g in torch.serialization.get_safe_globals()
+        for g in getattr(torch.serialization, "get_safe_globals", list)()
         if hasattr(g, "__qualname__")
     ]
     try:  # torch's own list (private; without it every global counts as unsafe)
@@ -442,8 +446,9 @@ def _read_safetensors(path: Path) -> Checkpoint:
         if key.endswith("num_batches_tracked"):
             continue
         if torch_dtype is None or not torch_dtype.is_floating_point:
+            what = "not floating point" if torch_dtype else "a type vggviz does not read"
             raise WeightsError(
-                f"{shown(path)}: {_name(key)} holds {dtype} values, not floating point "
+                f"{shown(path)}: {_name(key)} holds {dtype} values, {what} "
                 "(a state dict maps names to dense floating-point tensors)"
             )
     names, removed, added, others = _normalise(path, keys)
@@ -501,7 +506,10 @@ def _unwrap(path: Path, obj: Any) -> tuple[str | None, Any, list[Mapping]]:
 
 
 def _is_state_dict(obj: Mapping) -> bool:
-    """Mostly tensors (a few odd entries are then reported as such, not unwrapped)."""
+    """Mostly tensors and nothing that holds weights itself (a few odd entries are then
+    reported as such, not unwrapped)."""
+    if any(isinstance(v, nn.Module) or _holds_weights(v) for v in obj.values()):
+        return False
     tensors = sum(isinstance(v, torch.Tensor) for v in obj.values())
     return bool(obj) and tensors * 2 > len(obj)
 
