@@ -438,3 +438,27 @@ def test_safetensors_are_checked_like_any_file(tmp_path, model) -> None:
     save_file(state, tmp_path / "nan.safetensors")
     with pytest.raises(WeightsError, match=r"features.4.weight holds 1 NaN and 0 infinite"):
         load_model(None, str(tmp_path / "nan.safetensors"))
+
+
+def test_wrappers_nested_ambiguous_or_empty(tmp_path, model) -> None:
+    state = model.state_dict()
+    nested = tmp_path / "nested.pth"
+    torch.save({"model": {"state_dict": state, "step": 4}, "epoch": 2}, nested)
+    checkpoint = read_checkpoint(nested)
+    assert checkpoint.form.wrapper == "model/state_dict"
+    assert checkpoint.ignored == ["epoch (int)", "step (int)"]
+    two = tmp_path / "two.pth"
+    torch.save({"student": state, "teacher": state}, two)
+    with pytest.raises(WeightsError) as err:
+        read_checkpoint(two)
+    assert str(err.value).startswith(
+        f"{two}: several state dicts ('student', 'teacher'), none of them under a usual name"
+    )
+    empty = tmp_path / "none.pth"
+    torch.save({"epoch": 3, "loss": 0.2}, empty)
+    with pytest.raises(WeightsError) as err:
+        read_checkpoint(empty)
+    assert str(err.value) == (
+        f"{empty}: holds no state dict (entries: epoch (int), loss (float)); "
+        "save model.state_dict() in it"
+    )

@@ -17,36 +17,26 @@ named from the pickle's opcodes, never by unpickling it.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import io
 import json
-import pathlib
 import pickle
-import pickletools
-import re
 import warnings
 import zipfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import torch
 from torch import nn
 
 from vggviz.core.errors import WeightsError
+from vggviz.model.pickles import HARMLESS, refusal, unsafe_globals
+from vggviz.model.wrappers import class_names, few, key_name, left_out, normalise, short, unwrap
 
 SUFFIXES = (".pth", ".pt", ".pth.tar", ".tar", ".ckpt", ".bin", ".safetensors")
-WRAPPERS = ("state_dict", "model_state_dict", "model", "net", "state_dict_ema")
-NAME_KEYS = ("classes", "class_names", "class_to_idx", "idx_to_class")
-HYPER_PARAMETERS = "hyper_parameters"  # Lightning's saved hparams, where names often are
-# harmless classes common in training checkpoints' extras (Lightning hparams, argparse
-# options); allowing them lets weights_only read such files
-HARMLESS = (argparse.Namespace, pathlib.PosixPath, pathlib.WindowsPath, pathlib.PurePosixPath)
 _MODEL_MODULES = ("torch.nn.modules.", "torch.nn.parallel.", "torchvision.models.", "timm.")
 _LEGACY_MAGIC = b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19"  # torch.save's pre-1.6 format
-_DROPPED = ("module", "_orig_mod")  # wrapper modules' names, anywhere in a key
 _SAFETENSORS_DTYPES = {
     "F64": torch.float64,
     "F32": torch.float32,
@@ -116,7 +106,7 @@ class Checkpoint:
     @property
     def ignored(self) -> list[str]:
         """What the file holds besides the VGG's weights, described for a person."""
-        others = [f"{len(self.others)} tensor(s) outside the VGG: {_few(self.others)}"]
+        others = [f"{len(self.others)} tensor(s) outside the VGG: {few(self.others)}"]
         return self.entries + (others if self.others else [])
 
     @property
@@ -145,7 +135,7 @@ def read_checkpoint(path: str | Path, *, trust: bool = False) -> Checkpoint:
     if kind == "safetensors":
         return _read_safetensors(path)
     form, obj, kinds = _load_torch(path, kind, trust)
-    wrapper, state, outer = _unwrap(path, obj)
+    wrapper, state, outer = unwrap(shown(path), obj)
     if isinstance(state, nn.Module):  # a model saved whole inside a wrapper
         kinds = _classifier_kinds(state)
         state = state.state_dict()
@@ -156,15 +146,15 @@ def read_checkpoint(path: str | Path, *, trust: bool = False) -> Checkpoint:
                 f"{shown(path)}: {problem} "
                 "(a state dict maps names to dense floating-point tensors)"
             )
-    names, removed, added, others = _normalise(path, list(state))
-    found = _class_names(outer)
+    names, removed, added, others = normalise(shown(path), list(state))
+    found = class_names(outer)
     tensors = {new: state[old] for new, old in names.items()}
     checkpoint = Checkpoint(
         path=path,
         form=Form(form, wrapper, removed, added),
         shapes={k: tuple(v.shape) for k, v in tensors.items()},
         dtypes={k: v.dtype for k, v in tensors.items()},
-        entries=_left_out(outer, wrapper, found),
+        entries=left_out(outer, wrapper, found),
         others=others,
         class_names=found[1] if found else None,
         names_from=found[0] if found else None,
@@ -268,9 +258,9 @@ def _load_torch(path: Path, kind: str, trust: bool) -> tuple[str, Any, list[str]
     try:
         obj = _quietly(lambda: _weights_only(path, mmap=kind == "zip"))
     except pickle.UnpicklingError as err:
-        refusal = _refusal(err) if kind != "other" else None  # torch's files have a magic
-        unsafe = _unsafe_globals(path, kind) if refusal is not None else []
-        if refusal is None:
+        refused = refusal(err) if kind != "other" else None  # torch's files have a magic
+        unsafe = unsafe_globals(path, kind) if refused is not None else []
+        if refused is None:
             raise WeightsError(_unreadable(path, kind, err)) from None
         whole = any(g.startswith(_MODEL_MODULES) for g in unsafe)
         if not trust:
@@ -278,7 +268,7 @@ def _load_torch(path: Path, kind: str, trust: bool) -> tuple[str, Any, list[str]
                 what = f"a whole pickled model ({unsafe[0]}, saved by torch.save(model))"
                 resave = _resave(path, "torch.load({}, weights_only=False)")
             else:
-                needs = _few(unsafe) if unsafe else refusal
+                needs = few(unsafe) if unsafe else refused
                 what = f"a checkpoint that needs {needs} to load"
                 resave = "torch.save(model.state_dict(), 'weights.pth') where you trained it"
             raise UntrustedCheckpointError(path, what, resave) from None
@@ -288,21 +278,6 @@ def _load_torch(path: Path, kind: str, trust: bool) -> tuple[str, Any, list[str]
     except Exception as err:
         raise WeightsError(_unreadable(path, kind, err)) from None
     return _FORMATS[kind], obj, None
-
-
-def _refusal(err: pickle.UnpicklingError) -> str | None:
-    """What ``weights_only`` refused (None: the pickle itself is damaged): the line of torch's
-    message that names it, without torch's advice about its own options."""
-    text = str(err)
-    if "Weights only load failed" not in text:
-        return None
-    for line in text.splitlines():
-        if "WeightsUnpickler error:" in line:
-            reason = line.split("WeightsUnpickler error:", 1)[1].strip()
-            return reason.split(" was not an allowed global")[0].removeprefix(
-                "Unsupported global: GLOBAL "
-            )
-    return "code that weights-only loading refuses"
 
 
 def _weights_only(path: Path, mmap: bool) -> Any:
@@ -349,81 +324,6 @@ def _classifier_kinds(module: object) -> list[str] | None:
     return None
 
 
-def _unsafe_globals(path: Path, kind: str) -> list[str]:
-    """The classes and functions a pickle would import to load, that ``weights_only``
-    refuses, in order of appearance (the saved object's own class first)."""
-    allowed = set(_allowed_globals())
-    try:
-        if kind == "zip":
-            with zipfile.ZipFile(path) as archive:
-                data = next(m for m in archive.namelist() if m.endswith("data.pkl"))
-                found = list(_pickle_globals(io.BytesIO(archive.read(data)), 1))
-        else:
-            with path.open("rb") as f:  # magic number, protocol, system info, then the object
-                found = list(_pickle_globals(f, 4))
-    except (StopIteration, OSError, zipfile.BadZipFile):
-        return []
-    unsafe: list[str] = []
-    for name in found:
-        if name not in allowed and name not in unsafe:
-            unsafe.append(name)
-    return unsafe
-
-
-def _allowed_globals() -> list[str]:
-    names = [f"{c.__module__}.{c.__qualname__}" for c in HARMLESS]
-    names += [
-        f"{g.__module__}.{g.__qualname__}"
-        for g in getattr(torch.serialization, "get_safe_globals", list)()
-        if hasattr(g, "__qualname__")
-    ]
-    try:  # torch's own list (private; without it every global counts as unsafe)
-        from torch import _weights_only_unpickler
-
-        names += list(_weights_only_unpickler._get_allowed_globals())
-    except (ImportError, AttributeError):
-        pass
-    return names
-
-
-_STRINGS = {"UNICODE", "SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "STRING", "BINSTRING"}
-_STRINGS |= {"SHORT_BINSTRING"}
-_MEMO_PUT = {"PUT", "BINPUT", "LONG_BINPUT"}
-_MEMO_GET = {"GET", "BINGET", "LONG_BINGET"}
-_NO_PUSH = {"PROTO", "FRAME", "MEMOIZE", "STOP", "POP", "POP_MARK"} | _MEMO_PUT
-
-
-def _pickle_globals(data: IO[bytes], pickles: int) -> Iterator[str]:
-    """``module.name`` of every GLOBAL and STACK_GLOBAL in the next ``pickles`` pickles,
-    read by opcode only (pickletools never imports or calls anything)."""
-    for _ in range(pickles):
-        pushed: list[str | None] = []  # what each opcode pushed, when it was a string
-        memo: dict[int, str | None] = {}
-        try:
-            for op, arg, _pos in pickletools.genops(data):
-                name = op.name
-                if name == "GLOBAL":  # protocols 0-2 spell builtins as Python 2 did
-                    yield str(arg).replace(" ", ".").replace("__builtin__.", "builtins.")
-                    pushed.append(None)
-                elif name == "STACK_GLOBAL":
-                    module, attr = (pushed[-2], pushed[-1]) if len(pushed) >= 2 else (None, None)
-                    if isinstance(module, str) and isinstance(attr, str):
-                        yield f"{module}.{attr}"
-                    pushed.append(None)
-                elif name == "MEMOIZE":
-                    memo[len(memo)] = pushed[-1] if pushed else None
-                elif name in _MEMO_PUT:
-                    memo[int(arg)] = pushed[-1] if pushed else None
-                elif name in _MEMO_GET:
-                    pushed.append(memo.get(int(arg)))
-                elif name in _STRINGS:
-                    pushed.append(arg if isinstance(arg, str) else None)
-                elif name not in _NO_PUSH:
-                    pushed.append(None)
-        except (ValueError, EOFError, pickle.UnpicklingError):
-            return
-
-
 # --- safetensors ---------------------------------------------------------------------------------
 
 
@@ -448,11 +348,11 @@ def _read_safetensors(path: Path) -> Checkpoint:
         if torch_dtype is None or not torch_dtype.is_floating_point:
             what = "not floating point" if torch_dtype else "a type vggviz does not read"
             raise WeightsError(
-                f"{shown(path)}: {_name(key)} holds {dtype} values, {what} "
+                f"{shown(path)}: {key_name(key)} holds {dtype} values, {what} "
                 "(a state dict maps names to dense floating-point tensors)"
             )
-    names, removed, added, others = _normalise(path, keys)
-    found = _class_names({k: _json(v) for k, v in metadata.items()})
+    names, removed, added, others = normalise(shown(path), keys)
+    found = class_names({k: _json(v) for k, v in metadata.items()})
 
     def fetch(wanted: list[str]) -> dict[str, torch.Tensor]:
         with safe_open(str(path), framework="pt", device="cpu") as f:
@@ -479,180 +379,6 @@ def _json(text: str) -> Any:
         return text
 
 
-# --- The weights inside --------------------------------------------------------------------------
-
-
-def _unwrap(path: Path, obj: Any) -> tuple[str | None, Any, list[Mapping]]:
-    """(where the weights were, the state dict or module, the wrappers passed through)."""
-    outer: list[Mapping] = []
-    where: list[str] = []
-    while True:
-        if isinstance(obj, nn.Module):
-            return "/".join(where) or None, obj, outer
-        if not isinstance(obj, Mapping):
-            raise WeightsError(
-                f"{shown(path)}: holds a {type(obj).__name__}, not a state dict "
-                "(a mapping of names to tensors); save model.state_dict()"
-            )
-        if _is_state_dict(obj):
-            return "/".join(where) or None, obj, outer
-        if len(where) == 3:
-            break
-        outer.append(obj)
-        key = _weights_entry(path, obj)
-        where.append(key)
-        obj = obj[key]
-    raise WeightsError(f"{shown(path)}: no state dict found under {'/'.join(where)}")
-
-
-def _is_state_dict(obj: Mapping) -> bool:
-    """Mostly tensors and nothing that holds weights itself (a few odd entries are then
-    reported as such, not unwrapped)."""
-    if any(isinstance(v, nn.Module) or _holds_weights(v) for v in obj.values()):
-        return False
-    tensors = sum(isinstance(v, torch.Tensor) for v in obj.values())
-    return bool(obj) and tensors * 2 > len(obj)
-
-
-def _weights_entry(path: Path, wrapper: Mapping) -> str:
-    """The entry of a training checkpoint that holds the weights."""
-    for key in WRAPPERS:
-        if _holds_weights(wrapper.get(key)):
-            return key
-    candidates = [k for k, v in wrapper.items() if isinstance(k, str) and _holds_weights(v)]
-    if len(candidates) > 1:  # e.g. a model and its optimizer: the one with VGG names
-        vgg_like = [k for k in candidates if _looks_like_vgg(wrapper[k])]
-        candidates = vgg_like or candidates
-    if len(candidates) == 1:
-        return candidates[0]
-    entries = ", ".join(_describe_entry(k, v) for k, v in list(wrapper.items())[:6])
-    if candidates:
-        raise WeightsError(
-            f"{shown(path)}: several state dicts ({', '.join(map(repr, candidates))}), "
-            f"none of them under a usual name ({', '.join(WRAPPERS)}); save the model's alone"
-        )
-    raise WeightsError(
-        f"{shown(path)}: holds no state dict (entries: {entries}); save model.state_dict() in it"
-    )
-
-
-def _holds_weights(value: object) -> bool:
-    if isinstance(value, nn.Module):
-        return True
-    if not isinstance(value, Mapping) or not value:
-        return False
-    return _is_state_dict(value) or any(_holds_weights(v) for v in value.values())
-
-
-def _looks_like_vgg(value: object) -> bool:
-    """A module, or a mapping with (maybe deeper) names of a VGG's conv part."""
-    if isinstance(value, nn.Module):
-        return True
-    if not isinstance(value, Mapping):
-        return False
-    keys = [k for k in value if isinstance(k, str)]
-    if any("features." in k or _FEATURES_ONLY.match(k) for k in keys):
-        return True
-    return any(_looks_like_vgg(v) for v in value.values())
-
-
-def _describe_entry(key: object, value: object) -> str:
-    return f"{key} ({type(value).__name__})"
-
-
-def _left_out(
-    outer: list[Mapping], wrapper: str | None, names: tuple[str, Any] | None
-) -> list[str]:
-    """The wrappers' other entries (epoch, optimizer, ...), as ``name (type)``."""
-    used = set((wrapper or "").split("/"))
-    if names and "." not in names[0]:
-        used.add(names[0])  # hyper_parameters hold more than names: still listed
-    return [
-        _describe_entry(key, value)
-        for mapping in outer
-        for key, value in mapping.items()
-        if key not in used
-    ]
-
-
-_FEATURES_ONLY = re.compile(r"\d+\.(weight|bias|running_mean|running_var|num_batches_tracked)$")
-
-
-def _normalise(
-    path: Path, keys: list[str]
-) -> tuple[dict[str, str], tuple[str, ...], str | None, list[str]]:
-    """torchvision's name for each key that belongs to the VGG: ({new: old}, prefixes removed,
-    prefix added, the keys left out)."""
-    removed: list[str] = []
-    renamed: dict[str, str] = {}
-    for key in keys:
-        parts = key.split(".")
-        kept = [p for p in parts if p not in _DROPPED]
-        for part in _DROPPED:
-            if part in parts and f"{part}." not in removed:
-                removed.append(f"{part}.")
-        renamed[key] = ".".join(kept)
-    added = None
-    new_names = list(renamed.values())
-    if not any(n.startswith(("features.", "classifier.")) for n in new_names):
-        if new_names and all(_FEATURES_ONLY.match(n) for n in new_names):
-            renamed = {k: f"features.{n}" for k, n in renamed.items()}
-            added = "features."
-        else:
-            prefixes = {n[: n.index("features.")] for n in new_names if ".features." in f".{n}"}
-            if len(prefixes) == 1 and (prefix := prefixes.pop()):
-                removed.append(prefix)
-                renamed = {k: n.removeprefix(prefix) for k, n in renamed.items()}
-    names: dict[str, str] = {}
-    left: list[str] = []
-    for old, new in renamed.items():
-        if not new.startswith(("features.", "classifier.")):
-            left.append(_name(old))
-            continue
-        if new in names:
-            raise WeightsError(
-                f"{shown(path)}: two tensors are named {_name(new)} once prefixes are removed "
-                f"({_name(names[new])} and {_name(old)}); save one model's state dict"
-            )
-        names[new] = old
-    return names, tuple(removed), added, left
-
-
-def _class_names(outer: list[Mapping] | Mapping) -> tuple[str, list[str]] | None:
-    """(where, names) of the classes, from the usual entries or Lightning's hparams."""
-    mappings = [outer] if isinstance(outer, Mapping) else outer
-    for mapping in mappings:
-        places: list[tuple[str, Any]] = [(k, mapping.get(k)) for k in NAME_KEYS]
-        hparams = mapping.get(HYPER_PARAMETERS)
-        if isinstance(hparams, Mapping):
-            places += [(f"{HYPER_PARAMETERS}.{k}", hparams.get(k)) for k in NAME_KEYS]
-        for where, value in places:
-            names = _names(value)
-            if names:
-                return where, names
-    return None
-
-
-def _names(value: object) -> list[str] | None:
-    """Class names from a list, a name -> index or an index -> name mapping."""
-    if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value):
-        return list(value)
-    if not isinstance(value, Mapping) or not value:
-        return None
-    pairs = []
-    for k, v in value.items():
-        if isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool):
-            pairs.append((v, k))  # class_to_idx
-        elif isinstance(v, str) and (isinstance(k, int) or (isinstance(k, str) and k.isdigit())):
-            pairs.append((int(k), v))  # idx_to_class
-        else:
-            return None
-    pairs.sort()
-    if [i for i, _ in pairs] != list(range(len(pairs))):
-        return None
-    return [name for _, name in pairs]
-
-
 # --- Tensors -----------------------------------------------------------------------------------
 
 
@@ -660,8 +386,8 @@ def _tensor_problem(key: object, value: object) -> str | None:
     """Why ``key: value`` cannot be a weight of a VGG (None if it can): only string names and
     dense, real floating-point tensors with data; BatchNorm's step counter is an integer."""
     if not isinstance(key, str):
-        return f"key {_short(key)} ({type(key).__name__}) is not a name"
-    key = _name(key)
+        return f"key {short(key)} ({type(key).__name__}) is not a name"
+    key = key_name(key)
     if not isinstance(value, torch.Tensor):
         return f"{key} is not a tensor but {type(value).__name__}"
     if value.is_meta:
@@ -682,22 +408,6 @@ def shown(path: str | Path) -> str:
     control characters and undecodable bytes escaped."""
     text = str(path)
     return text if text.isprintable() else repr(text)
-
-
-def _short(value: object, most: int = 40) -> str:
-    text = repr(value)
-    return text if len(text) <= most else text[: most - 3] + "..."
-
-
-def _name(key: str) -> str:
-    """A key as a message shows it: as is when plain, quoted and shortened when it holds
-    line breaks or control characters or is very long (messages stay one line)."""
-    return key if key.isprintable() and len(key) <= 120 else _short(key, 120)
-
-
-def _few(items: list[str], n: int = 3) -> str:
-    more = f" and {len(items) - n} more" if len(items) > n else ""
-    return ", ".join(items[:n]) + more
 
 
 def _reason(err: BaseException) -> str:

@@ -16,6 +16,7 @@ from vggviz.model.architectures import (
     read_head,
 )
 from vggviz.model.checkpoints import Checkpoint, shown
+from vggviz.model.wrappers import few, key_name
 
 _CONV_KEY = re.compile(
     r"features\.\d+\.(weight|bias|running_mean|running_var|num_batches_tracked)$"
@@ -103,11 +104,11 @@ def _problems(arch: str, shapes: dict[str, tuple[int, ...]]) -> str:
     missing, unexpected, wrong = mismatch(arch, shapes)
     problems = []
     if missing:
-        problems.append(f"missing {_few(missing)}")
+        problems.append(f"missing {few(missing)}")
     if unexpected:
-        problems.append(f"unexpected {_few([_name(k) for k in unexpected])}")
+        problems.append(f"unexpected {few([key_name(k) for k in unexpected])}")
     if wrong:
-        problems.append("wrong shape " + _few([f"{k} {found} vs {own}" for k, found, own in wrong]))
+        problems.append("wrong shape " + few([f"{k} {found} vs {own}" for k, found, own in wrong]))
     return "; ".join(problems)
 
 
@@ -126,18 +127,6 @@ def _not_a_vgg(checkpoint: Checkpoint) -> str:
         return f"{shown(checkpoint.path)}: holds no tensors; save model.state_dict() after training"
     return (
         f"{shown(checkpoint.path)}: the weights of {what}, not of a VGG "
-        f"(keys {_few(names)}; a VGG's are features.0.weight, features.0.bias, ...); "
+        f"(keys {few(names)}; a VGG's are features.0.weight, features.0.bias, ...); "
         "give a VGG's checkpoint"
     )
-
-
-def _few(items: list[str], n: int = 3) -> str:
-    more = f" and {len(items) - n} more" if len(items) > n else ""
-    return ", ".join(items[:n]) + more
-
-
-def _name(key: str) -> str:
-    if key.isprintable() and len(key) <= 120:
-        return key
-    text = repr(key)
-    return text if len(text) <= 120 else text[:117] + "..."
