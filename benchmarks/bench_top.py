@@ -113,7 +113,7 @@ def speed_runs(args: argparse.Namespace, work: Path) -> list[str]:
     from vggviz.top.request import TopOptions
 
     loaded = load_model(args.arch, args.weights, device="cpu")
-    model = lifecycle.model_identity(ModelSpec(args.arch, args.weights, device="cpu"))
+    model = lifecycle.model_identity(ModelSpec(args.arch, args.weights, device="cpu"), args.arch)
     layers = select_layers(loaded.layers, args.layers)
     folder = make_photos(work / "speed", args.speed_photos, args.size + args.size // 7)
     found = inputs.discover([str(folder)])

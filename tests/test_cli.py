@@ -220,7 +220,7 @@ def test_info_table() -> None:
         (["features", "x.jpg", "--cmap", "nope"], "unknown colour map 'nope'"),
         (["features", "x.jpg", "--shard", "4/3"], "shard"),
         (["features", "x.jpg", "--device", "tpu"], "expected auto, cpu, cuda or cuda:N"),
-        (["features", "x.jpg", "--weights", "nothing"], "expected imagenet, random or a .pth/.pt"),
+        (["features", "x.jpg", "--weights", "nothing"], "or a weights file (.pth"),
         (["features", "x.jpg", "--size", "8"], "8 is not in the range 32<=x<=4096"),
         (["features"], "Missing argument 'IMAGES...'"),
         (

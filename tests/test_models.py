@@ -8,7 +8,7 @@ import torch
 import torchvision
 
 from vggviz.core.errors import DeviceError, UsageError, WeightsError
-from vggviz.model import loading
+from vggviz.model import imagenet, loading
 from vggviz.model.loading import imagenet_cache_path, load_model
 
 
@@ -60,7 +60,7 @@ def test_checkpoint_for_another_architecture_is_refused(vgg11_file, vgg11_bn_fil
         load_model("vgg11_bn", str(vgg11_file), device="cpu")
     message = str(err.value)
     assert message.startswith(f"{vgg11_file} does not fit vgg11_bn: missing features.1.weight")
-    assert message.endswith("it looks like a vgg11 checkpoint (try --arch vgg11)")
+    assert message.endswith("it looks like a vgg11 checkpoint (try arch='vgg11')")
     with pytest.raises(WeightsError, match="does not fit vgg16: missing .*; unexpected .*vgg11"):
         load_model("vgg16", str(vgg11_file), device="cpu")
     state = torch.load(vgg11_file, weights_only=True)
@@ -71,18 +71,18 @@ def test_checkpoint_for_another_architecture_is_refused(vgg11_file, vgg11_bn_fil
         WeightsError, match=r"wrong shape features.0.weight \(64, 1, 3, 3\) vs \(64, 3, 3, 3\)$"
     ):
         load_model("vgg11", str(grey), device="cpu")
-    with pytest.raises(WeightsError, match="unexpected features.1.weight.*try --arch vgg11_bn\\)$"):
+    with pytest.raises(WeightsError, match="unexpected features.1.weight.*try arch='vgg11_bn'\\)$"):
         load_model("vgg11", str(vgg11_bn_file), device="cpu")
 
 
 def test_files_that_are_not_state_dicts_are_refused(tmp_path) -> None:
     text = tmp_path / "notes.pth"
     text.write_text("hello")
-    with pytest.raises(WeightsError, match="notes.pth: not a loadable state dict"):
+    with pytest.raises(WeightsError, match="notes.pth: not a PyTorch or safetensors file"):
         load_model("vgg11", str(text), device="cpu")
     listy = tmp_path / "list.pth"
     torch.save([torch.zeros(1)], listy)
-    with pytest.raises(WeightsError, match="list.pth: not a state dict"):
+    with pytest.raises(WeightsError, match="list.pth: holds a list, not a state dict"):
         load_model("vgg11", str(listy), device="cpu")
     with pytest.raises(WeightsError, match="missing.pth: no such weights file"):
         load_model("vgg11", str(tmp_path / "missing.pth"), device="cpu")
@@ -93,14 +93,24 @@ class Payload:
         return (Path.touch, (Path(self.target),))
 
 
-def test_a_checkpoint_can_never_run_code(tmp_path) -> None:
+@pytest.mark.parametrize("legacy", [False, True])
+def test_a_checkpoint_can_never_run_code(tmp_path, legacy) -> None:
+    """Without trust nothing in the file runs (refused, naming what it would call); trusted,
+    the same file's code does run: the payload is live, so the first check can fail."""
     evil = Payload()
     evil.target = str(tmp_path / "pwned")
     path = tmp_path / "evil.pth"
-    torch.save({"features.0.weight": evil}, path)
-    with pytest.raises(WeightsError, match="evil.pth: not a loadable state dict"):
+    torch.save({"features.0.weight": evil}, path, _use_new_zipfile_serialization=not legacy)
+    with pytest.raises(WeightsError) as err:
         load_model("vgg11", str(path), device="cpu")
+    assert str(err.value).startswith(
+        f"{path}: a checkpoint that needs builtins.getattr, pathlib.Path to load, "
+        "which runs code when loaded; if you made it yourself, use trust_checkpoint=True"
+    )
     assert not (tmp_path / "pwned").exists()
+    with pytest.raises(WeightsError, match=r"holds no state dict \(entries: features.0.weight"):
+        load_model("vgg11", str(path), device="cpu", trust=True)
+    assert (tmp_path / "pwned").exists()
 
 
 def test_imagenet_weights_come_from_torchvisions_cache(tmp_path, monkeypatch, vgg11_random) -> None:
@@ -155,7 +165,7 @@ def test_imagenet_weights_missing_and_offline(tmp_path, monkeypatch) -> None:
     assert str(err.value) == (
         f"ImageNet weights for vgg16_bn are not cached at {expected} and could not be downloaded "
         "(Name or service not known); copy the file there (vggviz weights import FILE), "
-        "or use --weights PATH or --weights random"
+        "or use weights='PATH' or weights='random'"
     )
     assert asked[0][0] == torchvision.models.VGG16_BN_Weights.IMAGENET1K_V1.url
     assert asked[0][1]["check_hash"] is True and asked[0][1]["progress"] is True
@@ -167,7 +177,7 @@ def test_weights_import_checks_the_hash(tmp_path, monkeypatch) -> None:
     copied.write_bytes(b"not the real checkpoint")
     with pytest.raises(WeightsError, match="copied.pth: sha256 [0-9a-f]{8}... matches none"):
         loading.import_weights(copied)
-    monkeypatch.setattr(loading, "_sha256", lambda _path: "6c64b313" + "0" * 56)
+    monkeypatch.setattr(imagenet, "_sha256", lambda _path: "6c64b313" + "0" * 56)
     arch, path = loading.import_weights(copied)
     assert arch == "vgg16_bn" and path == imagenet_cache_path("vgg16_bn")
     assert path.read_bytes() == b"not the real checkpoint"

@@ -15,15 +15,18 @@ import click
 from vggviz import __version__
 from vggviz.cli.params import (
     arch_option,
+    check_weights,
     cmap_option,
     flag,
     grid_callback,
     input_options,
     json_option,
+    model_arch_option,
     model_options,
     output_dir_option,
     quiet_option,
     shard_option,
+    trust_option,
 )
 from vggviz.cli.terminal import (
     ExitCode,
@@ -37,10 +40,10 @@ from vggviz.core import vocabulary
 from vggviz.core.vocabulary import ARCHS, ModelSpec
 
 
-def _load(arch: str, weights: str, seed: int, device: str, precision: str):
+def _load(spec: ModelSpec):
     from vggviz.model.loading import load
 
-    loaded, note = load(ModelSpec(arch, weights, seed, device, precision))
+    loaded, note = load(spec)
     if note:
         click.echo(f"vggviz: {note}", err=True)
     return loaded
@@ -72,7 +75,15 @@ def cli() -> None:
 
 
 @cli.command()
-@arch_option
+@model_arch_option
+@click.option(
+    "--weights",
+    default=None,
+    callback=check_weights,
+    help="A weights file (or imagenet, random) to report on: its form, architecture, head, "
+    "classes and what was left out.",
+)
+@trust_option
 @click.option(
     "--size",
     type=click.IntRange(32, 4096),
@@ -80,18 +91,31 @@ def cli() -> None:
     show_default=True,
     help="Input height and width used for the output shapes.",
 )
+@click.option("--json", "as_json", is_flag=True, help="The report as one JSON object on stdout.")
 @handle_errors
-def info(arch: str, size: int) -> None:
+def info(
+    arch: str | None, weights: str | None, trust_checkpoint: bool, size: int, as_json: bool
+) -> None:
     """Table of every conv layer: alias, module, channels, kernel, output shape, parameters,
-    and what would still learn with the feature extractor frozen.
+    and what would still learn with the feature extractor frozen. With --weights, first what
+    the file holds: its form, architecture, head, classes and what was left out.
 
     \b
     Example:
         vggviz info --arch vgg19_bn --size 320
+        vggviz info --weights my_vgg16_5class.pth
+        vggviz info --weights checkpoint.ckpt --json | jq .classes
     """
-    from vggviz.model.info import describe, format_info
+    from vggviz.core.text import dumps
+    from vggviz.model.info import describe_weights, format_info, format_weights, weights_json
 
-    click.echo(format_info(describe(arch, size, size)))
+    report = describe_weights(weights or "imagenet", arch, size=size, trust=trust_checkpoint)
+    if as_json:
+        click.echo(dumps(weights_json(report)))
+    elif weights is None:
+        click.echo(format_info(report.model))
+    else:
+        click.echo(format_weights(report))
 
 
 @cli.command()
@@ -125,7 +149,18 @@ def info(arch: str, size: int) -> None:
 @output_dir_option
 @handle_errors
 def filters(
-    arch, weights, seed, device, precision, layer, view, channel, cmap, scale, output_dir
+    arch,
+    weights,
+    trust_checkpoint,
+    seed,
+    device,
+    precision,
+    layer,
+    view,
+    channel,
+    cmap,
+    scale,
+    output_dir,
 ) -> None:
     """Draw a conv layer's kernels in a grid (conv1: 64 kernels, 8x8).
 
@@ -139,7 +174,7 @@ def filters(
     from vggviz.model.layers import select_layers
 
     _check_cmap(cmap)
-    loaded = _load(arch, weights, seed, device, precision)
+    loaded = _load(ModelSpec(arch, weights, seed, device, precision, trust_checkpoint))
     picked = select_layers(loaded.layers, layer)
     if len(picked) != 1:
         raise click.BadParameter(
@@ -220,6 +255,7 @@ def features(
     images,
     arch,
     weights,
+    trust_checkpoint,
     seed,
     device,
     precision,
@@ -261,7 +297,7 @@ def features(
     request = job.Request(
         images=images,
         out_dir=output_dir,
-        model=ModelSpec(arch, weights, seed, device, precision),
+        model=ModelSpec(arch, weights, seed, device, precision, trust_checkpoint),
         mode=mode,
         stage=stage,
         size=size,
@@ -402,6 +438,7 @@ def top(
     images,
     arch,
     weights,
+    trust_checkpoint,
     seed,
     device,
     precision,
@@ -437,7 +474,7 @@ def top(
     request = job.TopRequest(
         images=images,
         out_dir=output_dir,
-        model=ModelSpec(arch, weights, seed, device, precision),
+        model=ModelSpec(arch, weights, seed, device, precision, trust_checkpoint),
         layers=layer_spec,
         options=job.TopOptions(
             stage=stage,

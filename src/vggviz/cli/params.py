@@ -54,12 +54,19 @@ def _shard(text: str) -> str:
     return text
 
 
-def _check_weights(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
-    if value in ("imagenet", "random") or Path(value).suffix.lower() in (".pth", ".pt"):
+WEIGHTS_SUFFIXES = (".pth", ".pt", ".tar", ".ckpt", ".bin", ".safetensors")
+
+
+def check_weights(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    """imagenet, random, or a weights file (a missing one is the loader's to report)."""
+    if value is None or value in ("imagenet", "random"):
         return value
-    if Path(value).exists():
+    if Path(value).suffix.lower() in WEIGHTS_SUFFIXES or Path(value).exists():
         return value
-    raise click.BadParameter(f"{value!r}: expected imagenet, random or a .pth/.pt file")
+    raise click.BadParameter(
+        f"{value!r}: expected imagenet, random or a weights file "
+        "(.pth, .pt, .pth.tar, .ckpt, .bin, .safetensors)"
+    )
 
 
 def stacked(options: list[Decorator], func: Callable[..., Any]) -> Callable[..., Any]:
@@ -75,6 +82,21 @@ arch_option = click.option(
     default="vgg16_bn",
     show_default=True,
     help="torchvision VGG architecture.",
+)
+
+model_arch_option = click.option(
+    "--arch",
+    type=click.Choice(ARCHS),
+    default=None,
+    help="torchvision VGG architecture. [default: the weights file's own, found from its "
+    "tensors; vgg16_bn for imagenet and random]",
+)
+
+trust_option = click.option(
+    "--trust-checkpoint",
+    is_flag=True,
+    help="Also load weights files that run code when loaded (a model saved whole, "
+    "TorchScript): only for files you made.",
 )
 
 output_dir_option = click.option(
@@ -151,17 +173,20 @@ def input_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def model_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """--arch, --weights, --seed, --device, --precision: shared by every model command."""
+    """--arch, --weights, --trust-checkpoint, --seed, --device, --precision: shared by every
+    model command."""
     options = [
-        arch_option,
+        model_arch_option,
         click.option(
             "--weights",
             default="imagenet",
             show_default=True,
-            callback=_check_weights,
-            help="imagenet (torchvision's cache, downloaded if missing), random, "
-            "or a state-dict file (.pth/.pt).",
+            callback=check_weights,
+            help="imagenet (torchvision's cache, downloaded if missing), random, or your "
+            "own weights file: a state dict or training checkpoint (.pth, .pt, .pth.tar, "
+            ".ckpt, .bin) or .safetensors, with any head.",
         ),
+        trust_option,
         click.option(
             "--seed",
             type=int,

@@ -53,10 +53,17 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
                 raise click.BadParameter(str(err), param_hint=f"'{flag(err.param)}'") from None
             raise click.UsageError(str(err)) from None
         except VggvizError as err:
+            if err.ways_out is not None:  # the message names other options as the way out
+                raise click.ClickException(err.spelled(spell)) from None
             prefix = f"{flag(err.param)} " if err.param else ""
             raise click.ClickException(prefix + str(err)) from None
 
     return wrapper
+
+
+def spell(name: str, value: object = None) -> str:
+    """An option as the command line writes it: ``--trust-checkpoint``, ``--arch vgg11``."""
+    return flag(name) if value is None else f"{flag(name)} {value}"
 
 
 def shown(text: str) -> str:
@@ -196,9 +203,7 @@ def _dumps(record: Any) -> str:
     return dumps(record)
 
 
-def finish(
-    summary: Summary, stop: StopFlag, quiet: bool, closing: Callable[[], str]
-) -> ExitCode:
+def finish(summary: Summary, stop: StopFlag, quiet: bool, closing: Callable[[], str]) -> ExitCode:
     """The run's last words on stderr and its exit code: a closed pipe ends quietly, a full
     disk or a stop says how far the run got, and ``closing()`` (the summary and where the
     outputs are) is said for a complete run unless quiet."""

@@ -327,14 +327,14 @@ def claim_outputs(out_dir: Path, name: str, what: str) -> OutputClaim:
 # --- identity -------------------------------------------------------------------------------
 
 
-def weights_identity(spec: ModelSpec) -> str:
+def weights_identity(spec: ModelSpec, arch: str) -> str:
     """What the weights are, for a fingerprint: ``random:<seed>``, torchvision's ImageNet
-    file, or a file by real path, size and mtime (two files of one name are told apart, and
-    a file replaced in place is seen)."""
+    file of ``arch``, or a file by real path, size and mtime (two files of one name are told
+    apart, and a file replaced in place is seen)."""
     if spec.weights == "random":
         return f"random:{spec.seed}"
     if spec.weights == "imagenet":
-        return f"imagenet:{IMAGENET_FILES[spec.arch]}"
+        return f"imagenet:{IMAGENET_FILES[arch]}"
     try:
         st = os.stat(spec.weights)
     except OSError:
@@ -342,9 +342,10 @@ def weights_identity(spec: ModelSpec) -> str:
     return f"file:{os.path.realpath(spec.weights)}:{st.st_size}:{st.st_mtime_ns}"
 
 
-def model_identity(spec: ModelSpec) -> dict[str, str]:
-    """The model's part of any fingerprint: what changes every number it computes."""
-    return {"arch": spec.arch, "weights": weights_identity(spec), "precision": spec.precision}
+def model_identity(spec: ModelSpec, arch: str) -> dict[str, str]:
+    """The model's part of any fingerprint: what changes every number it computes. ``arch``
+    is the loaded model's (found from a weights file when none was asked for)."""
+    return {"arch": arch, "weights": weights_identity(spec, arch), "precision": spec.precision}
 
 
 def identity(path: Path) -> Identity | None:

@@ -8,6 +8,7 @@ memory) without loading torch. The library's modules take their names from here.
 from dataclasses import dataclass
 
 ARCHS = ("vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn")
+DEFAULT_ARCH = "vgg16_bn"  # for ImageNet and random weights; a file's own is found from it
 
 # torchvision's ImageNet checkpoint file names (the 8 hex digits are their sha256 prefix)
 IMAGENET_FILES = {
@@ -48,11 +49,20 @@ REDUCES = ("max", "mean")  # how a map is reduced to one number per channel
 class ModelSpec:
     """Which model a command runs: the model options every command shares, parsed."""
 
-    arch: str = "vgg16_bn"
-    weights: str = "imagenet"  # imagenet, random, or a state-dict file
+    arch: str | None = None  # None: found from the weights file; vgg16_bn for the others
+    weights: str = "imagenet"  # imagenet, random, or a weights file
     seed: int = 0  # for random weights
     device: str = "auto"
     precision: str = "fp32"
+    trust_checkpoint: bool = False  # load files that run code when loaded (the user's own)
+
+    def arch_bound(self) -> str:
+        """The architecture for what is planned before the weights are read (the memory
+        estimate): the one asked for, vgg16_bn for imagenet and random weights, and for a
+        file the one with the most maps (vgg19_bn), an upper bound."""
+        if self.arch:
+            return self.arch
+        return DEFAULT_ARCH if self.weights in ("imagenet", "random") else "vgg19_bn"
 
 
 # The jobs, with the names each leaves in its output folder. Two jobs in one folder would

@@ -31,7 +31,7 @@ def run(request: Request, events: Events | None = None, stdin: BinaryIO | None =
         raise UsageError(f"{err}; see matplotlib's colormap list", param="cmap") from None
     grid = values.parse_grid(request.grid)
     memory.check_memory(  # before anything heavy is loaded: a size of 4000 must not take 9 GB
-        request.model.arch,
+        request.model.arch_bound(),
         request.size,
         batch_size=request.batch_size,
         mode=request.mode,
@@ -47,7 +47,7 @@ def run(request: Request, events: Events | None = None, stdin: BinaryIO | None =
     stage = request.stage if request.mode == "network" else None
     layers = chosen_layers(loaded.layers, request.layers, stage)
     shaping = {
-        **lifecycle.model_identity(request.model),
+        **lifecycle.model_identity(request.model, loaded.arch),
         "mode": request.mode,
         "stage": stage,
         "size": request.size,

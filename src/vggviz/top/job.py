@@ -60,7 +60,7 @@ def run(request: TopRequest, events: Events | None = None, stdin: Any = None) ->
         plan,
         request.options,
         request.out_dir,
-        model=lifecycle.model_identity(request.model),
+        model=lifecycle.model_identity(request.model, loaded.arch),
         merge=request.merge,
         events=events,
         summary=summary,
