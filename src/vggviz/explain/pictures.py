@@ -25,7 +25,17 @@ from vggviz.core.folders import display
 if TYPE_CHECKING:  # the picture itself needs no torch
     from vggviz.explain.deletion import Deletion
 
-__all__ = ["Caption", "Panel", "deletion_line", "explain_picture", "probability_text"]
+__all__ = [
+    "Caption",
+    "Panel",
+    "column_width",
+    "deletion_line",
+    "explain_body",
+    "explain_picture",
+    "overlay",
+    "probability_text",
+    "shown_size",
+]
 
 BOX = 360  # a panel's photo fits in BOX x BOX pixels
 TEXT_MIN = 250  # narrowest panel column: room for the deletion line at 13 px
@@ -33,6 +43,7 @@ COLUMNS = 4  # panels per row before the next row starts
 NAME_SIZE, LINE_SIZE = 18, 14
 GAP = 14  # between panel columns
 SEPARATOR = "  ·  "
+STAGE_TEXT = {"conv": "the conv's output", "bn": "after its BatchNorm", "relu": "after its ReLU"}
 FIGURE_MIN = 760  # narrowest picture: room for the title lines and the colour bar's label
 OVERLAY_ALPHA = 0.8  # the evidence colour's weight at its peak
 PHOTO_DIM = 0.7  # the greyscale photo under the evidence, dimmed so the colours stand out
@@ -71,42 +82,66 @@ def explain_picture(
     cmap: str = "inferno",
 ) -> Image.Image:
     """The photo (H, W, 3) uint8 as the network saw it, with ``predictions`` ((name,
-    probability), best first) under it, then one panel per explained class."""
+    probability), best first) under it, then one panel per explained class; under a title
+    block, the random-weights warning when it applies, and the colour bar."""
+    body = explain_body(photo, panels, predictions, cmap)
+    evidence = panels[0].evidence.shape
+    room = body.width - 2 * (PAD + 6)
+    title = [
+        _fit_middle(_clean(display(caption.image)), 22, room),
+        _fit(
+            f"{caption.arch}  ·  weights: {caption.weights}  ·  Grad-CAM at {caption.layer} "
+            f"({caption.module}), {STAGE_TEXT.get(caption.stage, caption.stage)}  ·  "
+            f"evidence {evidence[0]}x{evidence[1]}",
+            15,
+            room,
+        ),
+    ]
+    if panels[0].deletion is not None:
+        share = _percent(panels[0].fraction)
+        check = (
+            f"check: each class's probability after blurring the {share} of the photo with "
+            f"the most evidence, and {share} at random"
+        )
+        title.append(_fit(check, 15, room))
+    bar = ColourBar(
+        drawing.colormap(cmap), 0.0, 1.0, "evidence, each panel on its own scale (1 = its peak)"
+    )
+    return drawing.figure(body, title, bar, _random_warning(caption))
+
+
+def explain_body(
+    photo: np.ndarray,
+    panels: Sequence[Panel],
+    predictions: Sequence[tuple[str, float]],
+    cmap: str = "inferno",
+) -> Image.Image:
+    """The picture's body: cells of one column width each, in rows of up to COLUMNS, PAD
+    from the edges and GAP apart; the photo (or its evidence) at the top of each cell,
+    centred, :func:`shown_size` big, and the text under it."""
     if photo.ndim != 3 or photo.shape[2] != 3 or photo.dtype != np.uint8:
         raise ValueError(f"expected an (H, W, 3) uint8 photo, got {photo.dtype} {photo.shape}")
     if not panels:
         raise ValueError("nothing to draw: no explained class")
     lut = drawing.colormap(cmap)
     height, width = photo.shape[:2]
-    scale = BOX / max(height, width)
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))  # (w, h)
+    size = shown_size(height, width)
     shown = np.asarray(Image.fromarray(photo).resize(size, Image.Resampling.LANCZOS))
-    column = max(size[0], TEXT_MIN)
+    column = column_width(height, width)
     cells = [_photo_cell(shown, predictions, (height, width), column)]
-    for panel in panels:
-        cells.append(_class_cell(shown, panel, lut, column))
-    body = _arrange(cells, column)
-    evidence = panels[0].evidence.shape
-    room = body.width - 2 * (PAD + 6)
-    share = _percent(panels[0].fraction)
-    title = [
-        _fit_middle(_clean(display(caption.image)), 22, room),
-        _fit(
-            f"{caption.arch}  ·  weights: {caption.weights}  ·  Grad-CAM at {caption.layer} "
-            f"({caption.module}) after {caption.stage}  ·  evidence {evidence[0]}x{evidence[1]}",
-            15,
-            room,
-        ),
-        _fit(
-            f"check: each class's probability after blurring the {share} of the photo with "
-            f"the most evidence, and {share} at random",
-            15,
-            room,
-        ),
-    ]
-    warning = _random_warning(caption)
-    bar = ColourBar(lut, 0.0, 1.0, "evidence, each panel on its own scale (1 = its peak)")
-    return drawing.figure(body, title, bar, warning)
+    cells += [_class_cell(shown, panel, lut, column) for panel in panels]
+    return _arrange(cells, column)
+
+
+def shown_size(height: int, width: int) -> tuple[int, int]:
+    """(width, height) of a photo in a panel: its longer side BOX pixels."""
+    scale = BOX / max(height, width)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def column_width(height: int, width: int) -> int:
+    """Width of a panel's column: the photo's, or the room its text lines need."""
+    return max(shown_size(height, width)[0], TEXT_MIN)
 
 
 def probability_text(p: float) -> str:
