@@ -12,7 +12,7 @@ from explain_models import channel_head, detector_vgg, small_vgg
 from torch import nn
 
 from vggviz.core.errors import UsageError, WeightsError
-from vggviz.explain.gradcam import GradCam
+from vggviz.explain.gradcam import GradCam, head_outputs
 from vggviz.model.architectures import vgg
 from vggviz.model.layers import find_conv_layers
 
@@ -208,6 +208,7 @@ def test_no_parameter_gradient_and_nothing_below_the_layer_in_the_backward(
 
 def test_errors() -> None:
     model = small_vgg("vgg11", classes=4)
+    assert head_outputs(model) == 4
     cam = GradCam(model)
     x = _batch(size=32, n=1)
     with pytest.raises(UsageError, match="top must be at least 1") as err:
@@ -227,6 +228,8 @@ def test_errors() -> None:
     headless.features = model.features
     with pytest.raises(WeightsError, match="classifier holds no weights"):
         GradCam(headless)
+    with pytest.raises(WeightsError, match="classifier holds no weights"):
+        head_outputs(headless)
     with pytest.raises(
         ValueError, match="not a torchvision-layout VGG: the model has no 'features'"
     ):

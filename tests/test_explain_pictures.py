@@ -188,6 +188,14 @@ def test_deletion_line() -> None:
         False,
     )
     assert deletion_line(GOOD, 0.3)[0].startswith("blur top 30%:")
+    # a class the model rules out: probabilities 0 whatever happens, logits still move
+    ruled_out = Deletion(0.0, 0.0, 2.8e-40, -138.0, -163.0, -169.0)
+    assert deletion_line(ruled_out) == (
+        "blur top 20%: logit -138 -> -163  ·  random 20%: -169",
+        True,
+    )
+    small = Deletion(0.004, 0.0001, 0.003, -5.5, -9.2, -5.8)
+    assert deletion_line(small)[0] == "blur top 20%: logit -5.5 -> -9.2  ·  random 20%: -5.8"
 
 
 def test_probability_text() -> None:

@@ -36,6 +36,7 @@ __all__ = [
     "check_head",
     "evaluating",
     "head_logits",
+    "head_outputs",
     "network_logits",
     "placement",
 ]
@@ -122,11 +123,9 @@ class GradCam:
             probs = torch.softmax(scores, dim=1)
             best = _ranked(probs, min(top, n))
             chosen = best if classes is None else torch.tensor(classes).expand(len(x), -1)
-
-            grads = _gradients(logits, fmap, chosen)  # (K, B, C, h, w) float32
-        # weight of each channel: the spatial mean of its gradient; evidence: ReLU of the
-        # weighted sum of the channels (Selvaraju et al., eqs. 1-2)
-        weights = grads.mean(dim=(3, 4))
+            weights = _channel_weights(logits, fmap, chosen)  # (K, B, C) float32
+        # evidence: ReLU of the channels weighted by their mean gradient (Selvaraju et al.,
+        # eqs. 1-2)
         cams = torch.relu(torch.einsum("kbc,bchw->bkhw", weights, fmap.detach().float()))
         return _explanations(scores, probs, best, chosen, cams)
 
@@ -141,6 +140,14 @@ def check_head(model: nn.Module) -> None:
         )
 
 
+def head_outputs(model: nn.Module) -> int:
+    """How many classes the head has (its output width), before any photo is run: a 32x32
+    black image (the smallest VGG takes) goes through the network, so any head answers."""
+    check_head(model)
+    with evaluating(model), torch.inference_mode():
+        return int(network_logits(model, torch.zeros(1, 3, 32, 32)).shape[1])
+
+
 def network_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The head's outputs for batch ``x``: features, avgpool, flatten, classifier, each
     part in the dtype of its parameters (call in eval mode, under inference mode)."""
@@ -153,8 +160,12 @@ def head_logits(model: nn.Module, fmap: torch.Tensor) -> torch.Tensor:
     return model.classifier(pooled.to(**placement(model.classifier, pooled)))
 
 
-def _gradients(logits: torch.Tensor, fmap: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
-    """d logit[b, chosen[b, k]] / d fmap[b] for every k, as float32 (K, B, C, h, w).
+def _channel_weights(
+    logits: torch.Tensor, fmap: torch.Tensor, chosen: torch.Tensor
+) -> torch.Tensor:
+    """The spatial mean of d logit[b, chosen[b, k]] / d fmap[b] per channel, for every k, as
+    float32 (K, B, C); each gradient is reduced as soon as it exists, so an early layer of a
+    large photo holds one map-sized gradient at a time, not K.
 
     Images of a batch do not interact in eval mode, so one backward per k serves the whole
     batch. The graph is only the part above the map, kept between the K backwards."""
@@ -165,7 +176,7 @@ def _gradients(logits: torch.Tensor, fmap: torch.Tensor, chosen: torch.Tensor) -
         seed = torch.zeros_like(logits)
         seed[rows, chosen[:, k].to(logits.device)] = 1
         (grad,) = torch.autograd.grad(logits, fmap, seed, retain_graph=k + 1 < k_count)
-        out.append(grad.float())
+        out.append(grad.float().mean(dim=(2, 3)))
     return torch.stack(out)
 
 

@@ -43,6 +43,7 @@ COLUMNS = 4  # panels per row before the next row starts
 NAME_SIZE, LINE_SIZE = 18, 14
 GAP = 14  # between panel columns
 SEPARATOR = "  ·  "
+SATURATED = 0.01  # probabilities closer than this: the deletion line shows the logits
 STAGE_TEXT = {"conv": "the conv's output", "bn": "after its BatchNorm", "relu": "after its ReLU"}
 FIGURE_MIN = 760  # narrowest picture: room for the title lines and the colour bar's label
 OVERLAY_ALPHA = 0.8  # the evidence colour's weight at its peak
@@ -155,16 +156,17 @@ def deletion_line(deletion: Deletion, fraction: float = 0.2) -> tuple[str, bool]
     """The deletion check as one short line, and whether it speaks against the evidence
     (blurring it did not hurt the class more than blurring at random).
 
-    When the three probabilities read the same (a saturated head puts 1.00 on its class
-    whatever is blurred), the logits are shown instead: they still differ."""
+    When the three probabilities are within SATURATED of each other (a saturated head puts
+    1.00 on its class, and 0 on the others, whatever is blurred), the logits are shown
+    instead: they still differ."""
     share = _percent(fraction)
     probs = [deletion.original, deletion.top, deletion.random]
-    texts = [probability_text(p) for p in probs]
-    if len(set(texts)) == 1:
+    if max(probs) - min(probs) < SATURATED:
         logits = [deletion.original_logit, deletion.top_logit, deletion.random_logit]
         texts = ["logit " + _logit_text(logits[0]), *(_logit_text(v) for v in logits[1:])]
         worse = logits[1] >= logits[2]
     else:
+        texts = [probability_text(p) for p in probs]
         worse = probs[1] >= probs[2]
     line = f"blur top {share}: {texts[0]} -> {texts[1]}{SEPARATOR}random {share}: {texts[2]}"
     return line, worse
