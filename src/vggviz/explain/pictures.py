@@ -108,7 +108,7 @@ def explain_picture(
     bar = ColourBar(
         drawing.colormap(cmap), 0.0, 1.0, "evidence, each panel on its own scale (1 = its peak)"
     )
-    return drawing.figure(body, title, bar, _random_warning(caption))
+    return drawing.figure(body, title, bar, drawing.random_warning(caption.random, caption.weights))
 
 
 def explain_body(
@@ -305,10 +305,3 @@ def _fit_middle(text: str, size: int, width: float) -> str:
 
 def _percent(fraction: float) -> str:
     return f"{fraction * 100:.0f}%"
-
-
-def _random_warning(caption: Caption) -> str | None:
-    # the same words as the feature pictures' warning (features/pictures.random_warning)
-    if caption.random:
-        return f"RANDOM WEIGHTS, {caption.weights}: nothing in this picture was learned"
-    return None
