@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from vggviz.core.errors import UsageError, WeightsError, os_reason
-from vggviz.core.folders import display
+from vggviz.core.text import display
 
 __all__ = [
     "IMAGENET_CLASSES",

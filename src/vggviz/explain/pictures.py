@@ -20,7 +20,7 @@ from PIL import Image
 
 from vggviz.core import drawing
 from vggviz.core.drawing import BACKGROUND, FOREGROUND, MUTED, PAD, WARNING, ColourBar
-from vggviz.core.folders import display
+from vggviz.core.text import display
 
 if TYPE_CHECKING:  # the picture itself needs no torch
     from vggviz.explain.deletion import Deletion
