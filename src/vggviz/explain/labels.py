@@ -20,8 +20,8 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from vggviz.core.errors import UsageError, WeightsError, os_reason
-from vggviz.core.text import display
+from vggviz.core.errors import UsageError, WeightsError
+from vggviz.core.text import cannot, display
 
 __all__ = [
     "IMAGENET_CLASSES",
@@ -89,7 +89,7 @@ def read_labels(path: str | Path) -> list[str]:
         with open(path, "rb") as f:
             data = f.read(LABELS_MAX_BYTES + 1)
     except OSError as err:
-        raise UsageError(f"{shown}: cannot read ({os_reason(err)})", param="labels") from None
+        raise UsageError(cannot("read", path, err), param="labels") from None
     if len(data) > LABELS_MAX_BYTES:
         raise UsageError(
             f"{shown}: larger than {LABELS_MAX_BYTES >> 20} MiB, not a labels file", param="labels"
