@@ -55,14 +55,18 @@ def load_rgb(path: str | Path) -> Image.Image:
             with open(p, "rb") as fp, Image.open(fp) as im:
                 _check_pixels(p, im.width * im.height)
                 im.load()
-                upright = _exif_transpose(im)
-                return _to_rgb8(upright)
+                return rgb8(im)
     except InputError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise InputError(p, _bomb_reason(str(exc))) from None
     except Exception as exc:
         raise InputError(p, _reason(exc)) from None
+
+
+def rgb8(im: Image.Image) -> Image.Image:
+    """Any loaded Pillow image as 8-bit RGB, upright (EXIF) and on a white background."""
+    return _to_rgb8(_exif_transpose(im))
 
 
 def _check_file(p: Path) -> None:
@@ -268,4 +272,12 @@ def for_model(
     photo = resize_for_model(load_rgb(path), size)
     if check is not None:
         check(photo.width, photo.height)
+    return np.asarray(photo), to_array(photo, normalize)
+
+
+def image_for_model(
+    image: Image.Image, size: int, normalize: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`for_model` for an image already in memory (the Python API's PIL input)."""
+    photo = resize_for_model(rgb8(image), size)
     return np.asarray(photo), to_array(photo, normalize)

@@ -226,7 +226,7 @@ def load_model(
     seed: int = 0,
     device: str | torch.device = "cpu",
     precision: str = "fp32",
-    head: bool = False,
+    head: bool | None = False,
     trust: bool = False,
 ) -> LoadedModel:
     """A frozen, eval-mode model whose conv part holds real weights on ``device``.
@@ -236,7 +236,8 @@ def load_model(
     form :func:`~vggviz.model.checkpoints.read_checkpoint` reads. ``arch``: None takes it
     from the file (vgg16_bn for imagenet and random); one the file does not fit is refused.
     ``head``: also load the classifier, on ``device`` and ready to run (refused when the
-    weights have none); without it the classifier stays on the meta device. ``trust``: also
+    weights have none); None: when the weights have one; False: the classifier stays on the
+    meta device (never run, costs no memory). ``trust``: also
     load files that run code when loaded (pickled models, TorchScript).
     """
     if arch is not None:
@@ -251,6 +252,7 @@ def load_model(
     classes, names, imagenet = IMAGENET_CLASSES, None, True
     if weights == "random":
         arch = arch or DEFAULT_ARCH
+        head = head is not False  # torchvision's seeded init always has its head
         model = build_random(arch, seed, head=head)
         layers = find_conv_layers(model)
         needed = _needed_modules(model, layers, head)
@@ -258,6 +260,7 @@ def load_model(
     else:
         if weights == "imagenet":
             arch = arch or DEFAULT_ARCH
+            head = head is not False
             path = mappable_copy(download_imagenet(arch), head=head)
             description = f"ImageNet ({IMAGENET_WEIGHTS})"
         else:
@@ -265,6 +268,8 @@ def load_model(
             description = path.name
         contents = examine(read_checkpoint(path, trust=trust), arch)
         arch = contents.arch
+        if head is None:
+            head = contents.head is not None
         if head and contents.head is None:
             raise WeightsError(_no_head(contents))
         model = build(arch, "meta", contents.head if head else None)
