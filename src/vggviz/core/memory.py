@@ -149,7 +149,7 @@ def _cgroup_folders(root: Path, proc: Path) -> list[Path]:
     """This process's cgroup folders (v2 unified and v1 memory), innermost first, up to
     ``root``."""
     try:
-        lines = proc.read_text(encoding="utf-8", errors="replace").splitlines()
+        lines = proc.read_text(encoding="utf-8", errors="replace").split("\n")
     except OSError:
         return []
     folders = []

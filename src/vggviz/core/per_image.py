@@ -63,7 +63,7 @@ from vggviz.core.errors import InputError, OutputError
 from vggviz.core.folders import Record
 from vggviz.core.inputs import InputItem
 from vggviz.core.lifecycle import Events, Plan, Summary
-from vggviz.core.text import display, write_error
+from vggviz.core.text import display, first_line, write_error
 
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
@@ -456,7 +456,7 @@ class Engine:
         try:
             self.work.process(batch)
         except RuntimeError as err:  # e.g. out of memory on a huge image
-            failure = str(err).strip().splitlines()[0] if str(err).strip() else "RuntimeError"
+            failure = first_line(str(err)) or "RuntimeError"
         for out in outs:
             if failure:
                 out.error = f"{out.item.path}: the forward pass failed ({failure})"
@@ -570,8 +570,9 @@ def _run_files(work, pairs, out_dir, suffix, events, summary, index, before) -> 
         raise run_error[0]
     try:
         summary.outputs["manifest"] = manifest.close()
-        lines = summary.outputs["manifest"].read_text("utf-8").splitlines()
-        records = [json.loads(line) for line in lines]
+        # "\n" alone ends a JSON line: names may hold U+2028 or U+0085, which splitlines() splits
+        lines = summary.outputs["manifest"].read_text("utf-8").split("\n")
+        records = [json.loads(line) for line in lines if line]
         summary.outputs["index"] = index(out_dir, records, folders.index_name(suffix), figures)
     except OSError as err:
         manifest.abort()

@@ -32,6 +32,12 @@ def few(items: Sequence[str], n: int = 3) -> str:
     return ", ".join(items[:n]) + more
 
 
+def first_line(text: str) -> str:
+    """The first non-blank line of ``text``, split at "\n" alone: ``str.splitlines()`` also
+    splits at U+2028, U+0085 and other characters that file names may hold."""
+    return next((line.strip() for line in text.split("\n") if line.strip()), "")
+
+
 def dumps(obj: object, **kwargs: Any) -> str:
     """JSON text that is valid UTF-8 whatever the file names: lone surrogates (undecodable
     bytes of a name) become ``\\uXXXX`` escapes. NaN and Inf are refused (not JSON)."""

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from vggviz.core.errors import WeightsError
+from vggviz.core.text import first_line
 from vggviz.model.pickles import HARMLESS, refusal, unsafe_globals
 from vggviz.model.wrappers import class_names, few, key_name, left_out, normalise, short, unwrap
 
@@ -412,8 +413,7 @@ def shown(path: str | Path) -> str:
 
 def _reason(err: BaseException) -> str:
     """The first line of an error, without torch's advice about its own options."""
-    text = str(getattr(err, "reason", "") or err).strip().splitlines()
-    return text[0] if text else type(err).__name__
+    return first_line(str(getattr(err, "reason", "") or err)) or type(err).__name__
 
 
 def _os_reason(err: OSError) -> str:

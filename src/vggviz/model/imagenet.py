@@ -13,6 +13,7 @@ import torch
 
 from vggviz.core.errors import UsageError, WeightsError
 from vggviz.core.files import atomic_file
+from vggviz.core.text import first_line
 from vggviz.core.vocabulary import ARCHS, IMAGENET_FILES
 
 IMAGENET_WEIGHTS = "IMAGENET1K_V1"
@@ -88,8 +89,7 @@ def _sha256(path: Path) -> str:
 
 
 def _reason(err: BaseException) -> str:
-    text = str(getattr(err, "reason", "") or err).strip().splitlines()
-    return text[0] if text else type(err).__name__
+    return first_line(str(getattr(err, "reason", "") or err)) or type(err).__name__
 
 
 def mappable_copy(path: Path, *, head: bool = False) -> Path:

@@ -27,7 +27,7 @@ def refusal(err: pickle.UnpicklingError) -> str | None:
     text = str(err)
     if "Weights only load failed" not in text:
         return None
-    for line in text.splitlines():
+    for line in text.split("\n"):  # a global's name may hold U+2028 or U+0085
         if "WeightsUnpickler error:" in line:
             reason = line.split("WeightsUnpickler error:", 1)[1].strip()
             return reason.split(" was not an allowed global")[0].removeprefix(

@@ -1,0 +1,69 @@
+"""The output folder's contract where a hostile world meets it: exceptions that meet images in
+flight, names that break lines, standard streams closed or gone, folders the walk cannot
+enter, empty and dangerous output folders, runs at once with other options, names equal but
+for case, and signals during start-up."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+from click.testing import CliRunner
+from conftest import write_photo
+
+from vggviz.cli import cli
+from vggviz.core import folders
+from vggviz.core.files import TMP_SUFFIX
+
+FAST = ["--arch", "vgg11_bn", "--size", "32", "--device", "cpu", "--layers", "conv1,conv2"]
+
+
+def argv(out: Path, weights: Path, *args: object) -> list[str]:
+    return ["features", *map(str, args), *FAST, "--weights", str(weights), "-o", str(out)]
+
+
+def invoke(out: Path, weights: Path, *args: object, input: str | bytes | None = None):
+    return CliRunner().invoke(cli, argv(out, weights, *args), input=input, catch_exceptions=False)
+
+
+def vggviz(*args: object) -> list[str]:
+    return [sys.executable, "-m", "vggviz", *map(str, args)]
+
+
+def records(text: str) -> list[dict]:
+    """JSON Lines, split on "\\n" alone: names may hold U+2028 or U+0085."""
+    return [json.loads(line) for line in text.split("\n") if line]
+
+
+def assert_no_false_record(out: Path) -> None:
+    """Every image folder is finished (a record listing exactly the files there, all of them
+    present) or gone: no record claims what is not on disk, no lock or temporary is left."""
+    for folder in {p.parent for p in out.rglob("*") if p.is_file() and p.parent != out}:
+        names = {p.name for p in folder.iterdir()}
+        assert folders.RECORD in names, (folder, names)
+        record = json.loads((folder / folders.RECORD).read_text("utf-8"))
+        assert record["status"] == "ok"
+        listed = {Path(p).name for p in record["outputs"]}
+        assert names == listed, (folder, names ^ listed)
+        assert all(os.path.isfile(p) for p in record["outputs"])
+    assert not [p for p in out.rglob("*") if p.name.endswith(TMP_SUFFIX)]
+    assert not [p for p in out.rglob(folders.LOCK)]
+
+
+# --- names that str.splitlines() would split ---------------------------------------------------
+
+
+def test_names_holding_line_separators_are_read_back_whole(tmp_path, vgg11_bn_file) -> None:
+    names = ["x\u2028y.png", "u\x85v.png", "p\u2029q.png", "f\x0cg.png", "r\x1es.png"]
+    for i, name in enumerate(names):
+        write_photo(tmp_path / "in" / name, seed=i)
+    out = tmp_path / "out"
+    result = invoke(out, vgg11_bn_file, tmp_path / "in", "--json")
+    assert result.exit_code == 0, result.output
+    assert sorted(Path(r["input"]).name for r in records(result.stdout)) == sorted(names)
+    manifest = records((out / "manifest.jsonl").read_text("utf-8"))
+    assert sorted(Path(r["input"]).name for r in manifest) == sorted(names)
+    assert (out / "index.html").read_text("utf-8").count("overview.png") >= len(names)
+    assert_no_false_record(out)
