@@ -67,3 +67,56 @@ def test_names_holding_line_separators_are_read_back_whole(tmp_path, vgg11_bn_fi
     assert sorted(Path(r["input"]).name for r in manifest) == sorted(names)
     assert (out / "index.html").read_text("utf-8").count("overview.png") >= len(names)
     assert_no_false_record(out)
+
+
+# --- one line per bad input, whatever its name ---------------------------------------------------
+
+
+def test_a_name_with_a_newline_is_one_error_line(tmp_path, vgg11_bn_file) -> None:
+    good = write_photo(tmp_path / "good.png")
+    missing = tmp_path / "new\nmissing.png"
+    (tmp_path / "bad\x1b[31m\u2028.png").write_bytes(b"not an image")
+    out = tmp_path / "out"
+    result = invoke(out, vgg11_bn_file, missing, tmp_path / "bad\x1b[31m\u2028.png", good, "--json")
+    assert result.exit_code == 1
+    errors = [line for line in result.stderr.split("\n") if line.startswith("error: ")]
+    assert errors[0] == f"error: {tmp_path}/new\\nmissing.png: no such file"
+    assert errors[1].startswith(f"error: {tmp_path}/bad\\x1b[31m\\u2028.png: ")
+    assert len(result.stderr.rstrip("\n").split("\n")) == 3  # two errors and the summary
+    got = records(result.stdout)
+    assert [r["input"] for r in got][:2] == [str(missing), str(tmp_path / "bad\x1b[31m\u2028.png")]
+    assert "\n" not in got[0]["error"] and "\x1b" not in got[1]["error"]  # jq -r: one line too
+    page = (out / "index.html").read_text("utf-8")
+    assert "new\\nmissing.png" in page and "new\nmissing.png" not in page
+
+
+def test_pictures_show_a_line_break_escaped(tmp_path, vgg11_bn_file) -> None:
+    from vggviz.core import drawing
+
+    assert drawing.text_mask("new\nline", 12).array.tobytes() == (
+        drawing.text_mask("new\\nline", 12).array.tobytes()
+    )
+    assert drawing.text_length("a\u2028b", 12) == drawing.text_length("a\\u2028b", 12)
+    photo = write_photo(tmp_path / "in" / "two\nlines.png")
+    out = tmp_path / "out"
+    assert invoke(out, vgg11_bn_file, photo).exit_code == 0
+    assert_no_false_record(out)
+
+
+def test_every_message_about_a_path_is_one_line(tmp_path, vgg11_bn_file, photo) -> None:
+    (tmp_path / "a\nfile").write_text("x")
+    below_a_file = CliRunner().invoke(cli, argv(tmp_path / "a\nfile" / "out", vgg11_bn_file, photo))
+    assert below_a_file.exit_code == 1
+    assert below_a_file.stderr == (
+        f"Error: {tmp_path}/a\\nfile/out: cannot write (not a directory)\n"
+    )
+    weights = CliRunner().invoke(
+        cli, ["features", str(photo), "--weights", f"{tmp_path}/w\n.pth", "-o", str(tmp_path)]
+    )
+    assert weights.exit_code == 1
+    assert weights.stderr.count("\n") == 1 and "w\\n.pth" in weights.stderr, weights.stderr
+    filters = CliRunner().invoke(
+        cli, ["filters", "--arch", "vgg11", "--weights", "random", "-o", f"{tmp_path}/a\nfile/o"]
+    )
+    assert filters.exit_code == 1
+    assert filters.stderr.count("\n") == 1 and "a\\nfile" in filters.stderr, filters.stderr

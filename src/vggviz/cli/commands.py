@@ -185,7 +185,9 @@ def filters(
             loaded, picked[0], output_dir, view=view, channel=channel, cmap=cmap, scale=scale
         )
     except OSError as err:
-        raise click.ClickException(f"{output_dir}: cannot write ({err.strerror or err})") from None
+        from vggviz.core.text import write_error
+
+        raise click.ClickException(write_error(err.filename or output_dir, err)) from None
     click.echo(str(path))
 
 

@@ -50,13 +50,14 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             return func(*args, **kwargs)
         except UsageError as err:
             if err.param:
-                raise click.BadParameter(str(err), param_hint=f"'{flag(err.param)}'") from None
-            raise click.UsageError(str(err)) from None
+                hint = f"'{flag(err.param)}'"
+                raise click.BadParameter(shown(str(err)), param_hint=hint) from None
+            raise click.UsageError(shown(str(err))) from None
         except VggvizError as err:
             if err.ways_out is not None:  # the message names other options as the way out
-                raise click.ClickException(err.spelled(spell)) from None
+                raise click.ClickException(shown(err.spelled(spell))) from None
             prefix = f"{flag(err.param)} " if err.param else ""
-            raise click.ClickException(prefix + str(err)) from None
+            raise click.ClickException(prefix + shown(str(err))) from None
 
     return wrapper
 
@@ -67,6 +68,8 @@ def spell(name: str, value: object = None) -> str:
 
 
 def shown(text: str) -> str:
+    """A message as one line: the names in it with their line breaks and control characters
+    escaped (core/text.display), whoever worded it."""
     from vggviz.core.text import display
 
     return display(text)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from vggviz.core.text import display
 from vggviz.core.values import parse_grid
 from vggviz.core.vocabulary import GRID_WIDTH, TILE_MAX, TILE_TARGET
 
@@ -61,7 +62,9 @@ class TextMask:
 @functools.lru_cache(maxsize=8192)
 def text_mask(text: str, size: int) -> TextMask:
     """The coverage of ``text`` in ``font(size)``; channel labels and layer names repeat on
-    every picture of every photo, and FreeType was 0.14 core-s per photo."""
+    every picture of every photo, and FreeType was 0.14 core-s per photo. Text is drawn as
+    :func:`~vggviz.core.text.display` shows it: a file name's line break stays on one line."""
+    text = display(text)
     f = font(size)
     x0, y0, x1, y1 = (int(v) for v in f.getbbox(text))
     mask = Image.new("L", (max(1, x1 - x0), max(1, y1 - y0)), 0)
@@ -71,8 +74,8 @@ def text_mask(text: str, size: int) -> TextMask:
 
 @functools.lru_cache(maxsize=8192)
 def text_length(text: str, size: int) -> float:
-    """Advance width of ``text``, as ``ImageDraw.textlength``."""
-    return font(size).getlength(text)
+    """Advance width of ``text`` (as drawn: :func:`text_mask`), as ``ImageDraw.textlength``."""
+    return font(size).getlength(display(text))
 
 
 def draw_text(

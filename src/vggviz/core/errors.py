@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from vggviz.core.text import display
+
 Spell = Callable[..., str]
 """How a caller writes an option: ``spell(name)`` for a flag, ``spell(name, value)``."""
 
@@ -59,7 +61,7 @@ class InputError(VggvizError):
     def __init__(self, path: str | Path, reason: str) -> None:
         self.path = str(path)
         self.reason = reason
-        super().__init__(f"{self.path}: {reason}")
+        super().__init__(f"{display(self.path)}: {reason}")  # one line, whatever the name
 
 
 class OutputError(VggvizError):

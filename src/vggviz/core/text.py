@@ -45,9 +45,28 @@ def dumps(obj: object, **kwargs: Any) -> str:
     return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
+# What would break a line or drive a terminal: C0 and C1 controls and DEL (newline, escape,
+# U+0085), the line and paragraph separators, and the bidirectional overrides that would show
+# a name reversed. Every character ``str.splitlines()`` splits at is among them.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    if char in _ESCAPES:
+        return _ESCAPES[char]
+    return f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}"
+
+
 def display(text: str) -> str:
-    """A name fit for a picture, a page or a terminal: undecodable bytes shown as U+FFFD."""
-    return os.fsencode(text).decode("utf-8", "replace") if _SURROGATE.search(text) else text
+    """A name (or a message holding names) fit for one line of a terminal, a picture or a
+    page: undecodable bytes shown as U+FFFD, and line breaks, control characters and
+    direction overrides as backslash escapes (``new\\nline.png``), so that one bad input
+    stays one line. JSON keeps the exact name; this is only how it is shown."""
+    if _SURROGATE.search(text):
+        text = os.fsencode(text).decode("utf-8", "replace")
+    return _UNSAFE.sub(_escape, text)
 
 
 # --- what an OS error means -----------------------------------------------------------------

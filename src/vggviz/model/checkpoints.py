@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from vggviz.core.errors import WeightsError
-from vggviz.core.text import first_line
+from vggviz.core.text import display, first_line
 from vggviz.model.pickles import HARMLESS, refusal, unsafe_globals
 from vggviz.model.wrappers import class_names, few, key_name, left_out, normalise, short, unwrap
 
@@ -408,7 +408,7 @@ def shown(path: str | Path) -> str:
     """A file name as a one-line message shows it: as is, or quoted with its line breaks,
     control characters and undecodable bytes escaped."""
     text = str(path)
-    return text if text.isprintable() else repr(text)
+    return text if text.isprintable() else f"'{display(text)}'"
 
 
 def _reason(err: BaseException) -> str:
