@@ -5,17 +5,23 @@ for case, and signals during start-up."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 from conftest import write_photo
 
 from vggviz.cli import cli
 from vggviz.core import folders
 from vggviz.core.files import TMP_SUFFIX
+from vggviz.core.lifecycle import Events
+from vggviz.core.vocabulary import ModelSpec
+from vggviz.features import job
 
 FAST = ["--arch", "vgg11_bn", "--size", "32", "--device", "cpu", "--layers", "conv1,conv2"]
 
@@ -120,3 +126,111 @@ def test_every_message_about_a_path_is_one_line(tmp_path, vgg11_bn_file, photo) 
     )
     assert filters.exit_code == 1
     assert filters.stderr.count("\n") == 1 and "a\\nfile" in filters.stderr, filters.stderr
+
+
+# --- exceptions that meet images in flight -------------------------------------------------------
+
+
+@pytest.fixture
+def photos(tmp_path: Path) -> Path:
+    folder = tmp_path / "photos"
+    for i in range(8):
+        write_photo(folder / f"p{i}.png", 48, 64, seed=i)
+    return folder
+
+
+def request(photos: Path, out: Path, weights: Path, **kwargs) -> job.Request:
+    model = ModelSpec("vgg11_bn", str(weights), device="cpu")
+    options = {"size": 32, "layers": "conv1,conv2", **kwargs}
+    return job.Request(images=[str(photos)], out_dir=out, model=model, **options)
+
+
+class FailingCaller(Events):
+    """A caller whose ``record`` raises at the ``at``-th record, as a reader that went away."""
+
+    def __init__(self, at: int, error: BaseException) -> None:
+        self.at, self.error, self.seen = at, error, 0
+
+    def record(self, record) -> None:
+        self.seen += 1
+        if self.seen == self.at:
+            raise self.error
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+@pytest.mark.parametrize(
+    "error",
+    [OSError(errno.ENOSPC, "No space left on device"), RuntimeError("bug"), KeyboardInterrupt()],
+)
+def test_an_exception_meeting_images_in_flight_leaves_no_false_record(
+    tmp_path, vgg11_bn_file, photos, batch_size, error
+) -> None:
+    out = tmp_path / "out"
+    caller = FailingCaller(2, error)
+    with pytest.raises(type(error)):
+        job.run(request(photos, out, vgg11_bn_file, batch_size=batch_size), caller)
+    assert_no_false_record(out)
+    assert not list(out.glob(".vggviz-run*.lock"))
+
+
+def test_a_drawing_step_that_raises_fails_its_image_alone(
+    tmp_path, vgg11_bn_file, photos, monkeypatch
+) -> None:
+    from vggviz.features import pictures
+
+    real = pictures.layer_picture
+
+    def layer_picture(fmap, **kwargs):
+        if "p3" in kwargs["caption"].image and kwargs["alias"] == "conv2":
+            raise ValueError("a drawing bug")
+        return real(fmap, **kwargs)
+
+    monkeypatch.setattr(pictures, "layer_picture", layer_picture)
+    out = tmp_path / "out"
+    result = invoke(out, vgg11_bn_file, photos, "--json")
+    assert result.exit_code == 1, result.output
+    by_name = {Path(r["input"]).name: r for r in records(result.stdout)}
+    assert by_name["p3.png"]["status"] == "error"
+    assert by_name["p3.png"]["error"] == (
+        f"{photos / 'p3.png'}: cannot be drawn (ValueError: a drawing bug)"
+    )
+    assert [r["status"] for n, r in by_name.items() if n != "p3.png"] == ["ok"] * 7
+    assert_no_false_record(out)
+
+
+def test_json_to_a_full_device_stops_cleanly(tmp_path, vgg11_bn_file, photos) -> None:
+    """The issue's false completion marker: --no-overview leaves no picture to fail last."""
+    out = tmp_path / "out"
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(
+            vggviz(*argv(out, vgg11_bn_file, photos, "--json", "--no-overview", "--batch-size", 3)),
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=300,
+        )
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.split("\n")[-2:] == [
+        "Error: cannot write to standard output (no space left on device)",
+        "",
+    ]
+    assert_no_false_record(out)
+    manifest = records((out / "manifest.jsonl").read_text("utf-8"))
+    finished = {p.parent for p in out.rglob(folders.RECORD)}
+    assert {Path(r["folder"]) for r in manifest} == finished
+    assert (out / "index.html").is_file()
+
+
+def test_a_reader_of_stderr_that_goes_away_stops_nothing(tmp_path, vgg11_bn_file, photos) -> None:
+    (photos / "broken.png").write_bytes(b"not a picture")  # an error line, early
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        vggviz(*argv(out, vgg11_bn_file, photos)),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    proc.stderr.close()  # the reader is gone before the first message
+    assert proc.wait(timeout=300) == 1  # one input failed; the rest is done
+    manifest = records((out / "manifest.jsonl").read_text("utf-8"))
+    assert [r["status"] for r in manifest].count("ok") == 8
+    assert_no_false_record(out)

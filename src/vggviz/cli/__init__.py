@@ -17,7 +17,14 @@ import sys
 import click
 
 from vggviz.cli.commands import cli
-from vggviz.cli.terminal import ExitCode, Terminated, on_sigterm, reason, silence_stdout
+from vggviz.cli.terminal import (
+    ExitCode,
+    Terminated,
+    guard_stderr,
+    on_sigterm,
+    reason,
+    silence_stdout,
+)
 
 __all__ = ["cli", "main"]
 
@@ -26,6 +33,7 @@ def main() -> None:
     """Console entry point: exit codes 0 ok, 1 failed inputs or errors, 2 usage, 130 Ctrl-C,
     141 stdout closed early, 143 SIGTERM."""
     signal.signal(signal.SIGTERM, on_sigterm)
+    guard_stderr()  # a reader of stderr that goes away never stops the work
     # Before torch loads OpenMP: its idle threads sleep instead of spinning, which on a busy
     # 2-core machine halved the CPU time of a folder run (the drawing threads need the cores).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import io
 import os
 import signal
 import sys
 import time
 from collections.abc import Callable
 from enum import IntEnum
-from typing import Any
+from typing import Any, TextIO
 
 import click
 
@@ -91,6 +92,7 @@ class StopFlag:
         self.received: int | None = None
         self.running = False
         self.pipe_closed = False
+        self.stdout_error: str | None = None  # stdout failed otherwise (a full disk)
 
     def __enter__(self) -> StopFlag:
         self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -107,7 +109,7 @@ class StopFlag:
             raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
 
     def stop(self) -> bool:
-        return self.received is not None or self.pipe_closed
+        return self.received is not None or self.pipe_closed or self.stdout_error is not None
 
 
 _LABELS = {"crops": "crops (inputs run again)", "pictures": "pictures (channels)"}
@@ -169,7 +171,7 @@ class Progress(Events):
         self.done += 1
         if record.get("status") == "error":
             self.failed(str(record.get("error")))
-        if self.as_json and not self.stop.pipe_closed:
+        if self.as_json:
             self._emit(_dumps(record))
         self.advance()
 
@@ -188,11 +190,18 @@ class Progress(Events):
         return self.stop.stop()
 
     def _emit(self, line: str) -> None:
-        """One line on stdout; a reader that went away ends the run quietly."""
+        """One line on stdout; a reader that went away ends the run quietly, any other failure
+        (a full disk) ends it with one message. Either way the run stops as for Ctrl-C: what
+        is in flight is finished or removed, never an exception thrown through it."""
+        if self.stop.stop():
+            return
         try:
             click.echo(line)
         except BrokenPipeError:
             self.stop.pipe_closed = True
+            silence_stdout()
+        except OSError as err:
+            self.stop.stdout_error = reason(err)
             silence_stdout()
 
     def _rate(self) -> str:
@@ -212,6 +221,9 @@ def finish(summary: Summary, stop: StopFlag, quiet: bool, closing: Callable[[], 
     outputs are) is said for a complete run unless quiet."""
     if stop.pipe_closed:
         return ExitCode.PIPE_CLOSED  # stdout's reader is gone: stop quietly, as cat does
+    if stop.stdout_error:
+        click.echo(f"Error: cannot write to standard output ({stop.stdout_error})", err=True)
+        return ExitCode.FAILED
     if summary.disk_full:
         click.echo(
             f"error: stopped after {summary.finished} of {summary.total} {summary.unit}, "
@@ -230,9 +242,66 @@ def finish(summary: Summary, stop: StopFlag, quiet: bool, closing: Callable[[], 
     return ExitCode.FAILED if summary.failed else ExitCode.OK
 
 
+class GuardedStderr(io.TextIOBase):
+    """``sys.stderr`` that never raises: once its reader is gone (a closed pipe, a full
+    disk), messages are dropped and the run goes on; its exit code still tells how it went.
+    Without it, a progress bar or an error line written to a reader that left would end the
+    run with an exception in the middle of its work."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self.gone = False
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return self._stream.encoding
+
+    @property
+    def errors(self) -> str | None:  # type: ignore[override]
+        return self._stream.errors
+
+    def writable(self) -> bool:
+        return True
+
+    def isatty(self) -> bool:
+        return not self.gone and self._stream.isatty()
+
+    def fileno(self) -> int:
+        return self._stream.fileno()
+
+    def write(self, text: str) -> int:
+        if not self.gone:
+            try:
+                self._stream.write(text)  # bytes raise TypeError, as click's probe expects
+            except OSError:
+                self._drop()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.gone:
+            try:
+                self._stream.flush()
+            except OSError:
+                self._drop()
+
+    def _drop(self) -> None:
+        self.gone = True
+        _to_devnull(self._stream)  # what is still buffered (and any C library) goes nowhere
+
+
+def guard_stderr() -> None:
+    """Make ``sys.stderr`` a :class:`GuardedStderr` (once, for the console entry point)."""
+    if sys.stderr is not None and not isinstance(sys.stderr, GuardedStderr):
+        sys.stderr = GuardedStderr(sys.stderr)
+
+
+def _to_devnull(stream: TextIO) -> None:
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, stream.fileno())
+        os.close(devnull)
+
+
 def silence_stdout() -> None:
     """Point stdout at /dev/null so that nothing more (not even the final flush) fails."""
-    with contextlib.suppress(OSError):
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
+    _to_devnull(sys.stdout)

@@ -12,7 +12,10 @@ batch goes to the job's :meth:`ImageWork.process` on the main thread; what the j
 are encoded on two more threads. Every image then ends in exactly one of two ways: finished
 (its pictures, then ``record.json`` last) or discarded (what this run wrote removed, the folder
 given up). Records are delivered in input order. A full disk or ``events.should_stop()`` ends
-the run early: a flag polled between steps, never an exception thrown into one.
+the run early: a flag polled between steps, never an exception thrown into one. An exception
+keeps the rule too: one from a drawing step fails its image (an error record), one that ends
+the run (the caller's ``on_record`` raising, a bug) discards every image not yet finished
+before it leaves the engine.
 
 How a new per-image job plugs in (``explain`` as the example)::
 
@@ -48,6 +51,7 @@ import contextlib
 import errno
 import json
 import os
+import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
@@ -120,8 +124,9 @@ class ImageOutput:
 
     def save(self, image: Image.Image, path: Path, writer: Writer | None = None) -> Path:
         """Write ``image`` at ``path`` on an encoder thread (``files.save_png`` by default)."""
-        self.outputs.append(path)
-        self.encoding.append(self.encoder.submit(writer or files.save_png, image, path))
+        future = self.encoder.submit(writer or files.save_png, image, path)
+        self.outputs.append(path)  # listed once it is on its way, never before
+        self.encoding.append(future)
         return path
 
     def failed(self, err: OSError) -> None:
@@ -169,7 +174,17 @@ class ImageOutput:
                 future.result()
             except OSError as err:
                 self.failed(err)
+            except Exception as err:  # a picture that could not be encoded is not there
+                self.broken(err)
         self.encoding = []
+
+    def broken(self, err: Exception) -> None:
+        """Something other than an OS error went wrong for this image (a drawing step that
+        raised): it ends as an error record naming the exception, and the run goes on."""
+        if not self.error:
+            why = first_line(str(err))
+            self.error = f"{display(str(self.item.path))}: cannot be drawn ({type(err).__name__}"
+            self.error += f": {why})" if why else ")"
 
     def finish(self) -> Record | None:
         """Complete the image and write its record (last); on any failure remove what this
@@ -185,6 +200,8 @@ class ImageOutput:
                 return record
         except OSError as err:
             self.failed(err)
+        except Exception as err:
+            self.broken(err)
         self.discard()
         if self.abandoned:
             return None
@@ -352,6 +369,8 @@ class Engine:
         self.should_stop = should_stop
         self.disk_full: str | None = None
         self.on_record = on_record
+        self._in_flight: set[ImageOutput] = set()  # handed to the drawing thread, not finished
+        self._lock = threading.Lock()
 
     def full(self, message: str) -> None:
         """A write found the disk full (from any thread): no new image is started."""
@@ -367,7 +386,10 @@ class Engine:
         def deliver(record: Record) -> None:
             nonlocal delivered
             delivered += 1
-            self.on_record(record)
+            try:
+                self.on_record(record)
+            except BaseException as err:  # the caller's, not the forward pass's (see below)
+                raise _CallerFailed(err) from err
 
         pending: dict[int, Prepared] = {}  # decoded and claimed, not yet handed over
 
@@ -380,9 +402,10 @@ class Engine:
                     pending[id(result)] = result
                 yield result
 
+        # the drawing pool is left (drained) before the encoders it hands pictures to
         with (
-            ThreadPoolExecutor(max_workers=1, thread_name_prefix="vggviz-draw") as pool,
             ThreadPoolExecutor(max_workers=2, thread_name_prefix="vggviz-png") as encoder,
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="vggviz-draw") as pool,
         ):
             backlog = _Backlog(self.work.backlog, deliver)
             try:
@@ -397,10 +420,19 @@ class Engine:
                         self._process(batch, pool, encoder, backlog)
                     for record in passed:
                         backlog.add(_resolved(record))
+                backlog.drain()
+            except BaseException as err:
+                # whatever it is (a reader gone, a bug), no image is left half-made: those
+                # not finished yet are discarded as the drawing thread reaches them
+                with self._lock:
+                    for out in self._in_flight:
+                        out.abandoned = True
+                if isinstance(err, _CallerFailed):
+                    raise err.error  # noqa: B904 (the caller's own exception, as it was raised)
+                raise
             finally:  # stopped early: give up the folders claimed but never processed
                 for p in pending.values():
                     p.claim.release(remove_folder=True)
-            backlog.drain()
         return delivered == len(pairs) and not self.disk_full
 
     def _prepare(self, item: InputItem, folder: Path) -> Prepared | Record:
@@ -447,20 +479,62 @@ class Engine:
                 out.start()
             except OSError as err:
                 out.failed(err)
+            except Exception as err:
+                out.broken(err)
 
         def draw(step: Callable[..., Any], *args: Any) -> None:
-            backlog.add(pool.submit(step, *args))
+            backlog.add(pool.submit(_step, outs, step, *args))
 
+        with self._lock:
+            self._in_flight.update(outs)
         batch = Batch(prepared, outs, draw, self.stopping)
         failure = None
         try:
             self.work.process(batch)
         except RuntimeError as err:  # e.g. out of memory on a huge image
             failure = first_line(str(err)) or "RuntimeError"
-        for out in outs:
-            if failure:
-                out.error = f"{out.item.path}: the forward pass failed ({failure})"
-            backlog.add(pool.submit(out.finish))
+        except BaseException:
+            batch.abandon()  # finished below: what they drew is removed
+            raise
+        finally:  # every image of the batch is finished or discarded, exactly once
+            finishing = []
+            for out in outs:
+                if failure:
+                    out.error = (
+                        f"{display(str(out.item.path))}: the forward pass failed ({failure})"
+                    )
+                finishing.append(pool.submit(self._finish, out))
+        for future in finishing:
+            backlog.add(future)
+
+    def _finish(self, out: ImageOutput) -> Record | None:
+        try:
+            return out.finish()
+        finally:
+            with self._lock:
+                self._in_flight.discard(out)
+
+
+class _CallerFailed(BaseException):
+    """The caller's ``on_record`` raised while records were delivered from inside a batch's
+    work: carried past the job's own handlers (a RuntimeError there means the forward pass
+    failed) to :meth:`Engine.run`, which discards what is in flight and raises ``error``."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(error)
+        self.error = error
+
+
+def _step(outs: Sequence[ImageOutput], step: Callable[..., Any], *args: Any) -> None:
+    """A drawing step on the drawing thread: an exception fails its image (all of the batch's
+    when the step is not one image's), which then ends as an error record, never as a record
+    that lists what was not drawn."""
+    try:
+        step(*args)
+    except Exception as err:
+        owner = getattr(step, "__self__", None)
+        for out in [owner] if isinstance(owner, ImageOutput) else outs:
+            out.broken(err)
 
 
 def _shape(result: Prepared | Record) -> tuple[int, ...] | None:
