@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -234,3 +235,67 @@ def test_a_reader_of_stderr_that_goes_away_stops_nothing(tmp_path, vgg11_bn_file
     manifest = records((out / "manifest.jsonl").read_text("utf-8"))
     assert [r["status"] for r in manifest].count("ok") == 8
     assert_no_false_record(out)
+
+
+# --- standard streams closed at start (cron: <&- >&- 2>&-) -------------------------------------
+
+
+def shell(command: list[str], redirections: str, **kwargs) -> subprocess.CompletedProcess:
+    """``command`` run by bash with ``redirections`` applied (closing fds as cron does)."""
+    line = f"exec {shlex.join(command)} {redirections}"
+    return subprocess.run(
+        ["bash", "-c", line], capture_output=True, text=True, timeout=300, **kwargs
+    )
+
+
+@pytest.mark.parametrize("closed", ["<&-", ">&-", "2>&-", "<&- >&- 2>&-"])
+def test_a_run_with_standard_streams_closed_does_its_work(
+    tmp_path, vgg11_bn_file, photo, closed
+) -> None:
+    out = tmp_path / "out"
+    done = shell(vggviz(*argv(out, vgg11_bn_file, photo)), closed)
+    assert done.returncode == 0, done.stderr
+    if "2>&-" in closed:
+        assert done.stderr == ""
+    else:  # the closing line, and nothing else
+        assert done.stderr.startswith("1 done, 0 failed, 0 skipped · pictures in "), done.stderr
+    assert (out / "photo_png" / folders.RECORD).is_file() and (out / "index.html").is_file()
+    assert_no_false_record(out)
+
+
+def test_json_to_a_stdout_closed_at_start_is_a_closed_pipe(tmp_path, vgg11_bn_file, photos) -> None:
+    out = tmp_path / "out"
+    done = shell(vggviz(*argv(out, vgg11_bn_file, photos, "--json")), ">&-")
+    assert (done.returncode, done.stderr) == (141, "")
+    assert 1 <= len(records((out / "manifest.jsonl").read_text("utf-8"))) < 8
+    assert_no_false_record(out)
+
+
+def test_reading_paths_from_a_closed_stdin_is_an_error_line(tmp_path, vgg11_bn_file, photo) -> None:
+    out = tmp_path / "out"
+    done = shell(vggviz(*argv(out, vgg11_bn_file, "-", photo)), "<&-")
+    assert done.returncode == 1
+    lines = done.stderr.split("\n")
+    assert lines[0] == "error: -: cannot read standard input (it is closed)"
+    assert lines[1].startswith("1 done, 0 failed, 0 skipped")  # the photo was done
+    assert (out / "photo_png" / folders.RECORD).is_file()
+
+
+def test_every_command_with_standard_streams_closed(tmp_path, vgg11_bn_file, photo) -> None:
+    env = {**os.environ, "TORCH_HOME": str(tmp_path / "torch")}
+    model = ["--arch", "vgg11_bn", "--weights", str(vgg11_bn_file), "--device", "cpu"]
+    filters = shell(vggviz("filters", *model, "-o", tmp_path / "f"), "<&- >&- 2>&-", env=env)
+    assert filters.returncode == 141  # the picture is drawn; printing its path met no reader
+    assert (tmp_path / "f" / "filters-conv1.png").is_file()
+    for command in (["info"], ["info", "--weights", str(vgg11_bn_file)], ["weights"]):
+        closed = shell(vggviz(*command), ">&-", env=env)
+        assert (closed.returncode, closed.stderr) == (141, ""), command
+        quiet = shell(vggviz(*command), "<&- 2>&-", env=env)
+        assert quiet.returncode in (0, 1) and quiet.stdout, command  # 1: weights missing
+        assert "Traceback" not in quiet.stdout
+    top = shell(
+        vggviz("top", photo, *model, "--size", 32, "--layers", "conv1", "-o", tmp_path / "t"),
+        "<&- >&- 2>&-",
+        env=env,
+    )
+    assert top.returncode == 0 and (tmp_path / "t" / "top.json").is_file()

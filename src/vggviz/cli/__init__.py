@@ -22,6 +22,7 @@ from vggviz.cli.terminal import (
     Terminated,
     guard_stderr,
     on_sigterm,
+    open_standard_streams,
     reason,
     silence_stdout,
 )
@@ -33,6 +34,7 @@ def main() -> None:
     """Console entry point: exit codes 0 ok, 1 failed inputs or errors, 2 usage, 130 Ctrl-C,
     141 stdout closed early, 143 SIGTERM."""
     signal.signal(signal.SIGTERM, on_sigterm)
+    open_standard_streams()  # cron's <&- >&- 2>&-: before any file is opened
     guard_stderr()  # a reader of stderr that goes away never stops the work
     # Before torch loads OpenMP: its idle threads sleep instead of spinning, which on a busy
     # 2-core machine halved the CPU time of a folder run (the drawing threads need the cores).

@@ -6,6 +6,7 @@ reader that went away, and the closing line.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import io
 import os
@@ -43,12 +44,17 @@ def on_sigterm(_signum: int, _frame: object) -> None:
 
 
 def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Library errors become one-line messages: usage problems exit 2, the rest 1."""
+    """Library errors become one-line messages: usage problems exit 2, the rest 1. A reader
+    of stdout that went away (or a stdout closed at start) ends the command quietly with 141,
+    before click would turn it into exit 1."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
+        except BrokenPipeError:
+            silence_stdout()
+            sys.exit(ExitCode.PIPE_CLOSED)
         except UsageError as err:
             if err.param:
                 hint = f"'{flag(err.param)}'"
@@ -122,7 +128,7 @@ class Progress(Events):
 
     def __init__(self, stop: StopFlag, quiet: bool = False, as_json: bool = False) -> None:
         self.stop, self.quiet, self.as_json = stop, quiet, as_json
-        self.show_bar = not quiet and sys.stderr.isatty()
+        self.show_bar = not quiet and sys.stderr is not None and sys.stderr.isatty()
         self.bar: Any = None
         self.done = 0
         self.started = time.perf_counter()
@@ -293,6 +299,51 @@ def guard_stderr() -> None:
     """Make ``sys.stderr`` a :class:`GuardedStderr` (once, for the console entry point)."""
     if sys.stderr is not None and not isinstance(sys.stderr, GuardedStderr):
         sys.stderr = GuardedStderr(sys.stderr)
+
+
+class ClosedStdout(io.TextIOBase):
+    """``sys.stdout`` when file descriptor 1 was closed at start (cron's ``>&-``): whatever is
+    written meets a reader that is gone, as with a closed pipe (the run stops, exit 141)."""
+
+    encoding = "utf-8"
+    errors = "strict"
+
+    def writable(self) -> bool:
+        return True
+
+    def isatty(self) -> bool:
+        return False
+
+    def fileno(self) -> int:
+        return 1  # /dev/null by now (open_standard_streams)
+
+    def write(self, text: str) -> int:
+        raise BrokenPipeError(errno.EPIPE, "standard output is closed")
+
+
+def open_standard_streams() -> None:
+    """Standard streams closed at start (``<&- >&- 2>&-``) become /dev/null on their file
+    descriptors, so that no file the run opens can take descriptor 0, 1 or 2 (where a C
+    library's message, or a print, would land in a picture). Then: a closed stdin is
+    ``sys.stdin = None`` (reading ``-`` is an error line), a closed stdout a reader that is
+    gone (:class:`ClosedStdout`), a closed stderr a place where messages are dropped."""
+    closed = []
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            closed.append(fd)
+    for fd in closed:
+        with contextlib.suppress(OSError):
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+    if 1 in closed or sys.stdout is None:
+        sys.stdout = ClosedStdout()
+    if 2 in closed or sys.stderr is None:
+        with contextlib.suppress(OSError):  # /dev/null, open for the life of the process
+            sys.stderr = open(2, "w", encoding="utf-8", closefd=False)  # noqa: SIM115
 
 
 def _to_devnull(stream: TextIO) -> None:

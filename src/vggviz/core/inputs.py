@@ -17,7 +17,7 @@ from typing import BinaryIO, TypeVar
 
 from vggviz.core.errors import InputError, UsageError, VggvizError
 from vggviz.core.images import IMAGE_EXTENSIONS
-from vggviz.core.text import list_reason
+from vggviz.core.text import list_reason, reason
 from vggviz.core.values import parse_shard  # noqa: F401 (part of this module's interface)
 
 
@@ -74,9 +74,15 @@ def discover(
             seen_items.add(key)
             found.items.append(InputItem(path=path, source=source, rel=rel))
 
-    stream = sys.stdin.buffer if stdin is None else stdin
     for arg in args:
-        for name in _stdin_lines(stream) if arg == "-" else [arg]:
+        names = [arg]
+        if arg == "-":
+            try:
+                names = _stdin_lines(stdin)
+            except InputError as err:  # one line, like a folder that cannot be listed
+                found.problems.append(err)
+                continue
+        for name in names:
             if name == "":
                 raise UsageError("an empty string is not a file or folder name")
             path = Path(name)
@@ -111,11 +117,20 @@ def passed_over(found: Discovery) -> str | None:
     return f"passed over {found.hidden} hidden and {found.not_images} non-image file(s)"
 
 
-def _stdin_lines(stream: BinaryIO) -> list[str]:
-    """Paths from a list, one per line, or NUL-separated if the list holds a NUL (no path can
-    contain one). Only line endings are stripped (spaces are legal); bytes that are not UTF-8
-    are kept as the OS would (``os.fsdecode``)."""
-    data = stream.read()
+def _stdin_lines(stream: BinaryIO | None) -> list[str]:
+    """Paths from a list (``sys.stdin``'s bytes when ``stream`` is None), one per line, or
+    NUL-separated if the list holds a NUL (no path can contain one). Only line endings are
+    stripped (spaces are legal); bytes that are not UTF-8 are kept as the OS would
+    (``os.fsdecode``). Raises InputError naming ``-`` when standard input is closed or
+    cannot be read (a folder, say)."""
+    if stream is None:
+        if sys.stdin is None:  # closed at start (cron's <&-)
+            raise InputError("-", "cannot read standard input (it is closed)")
+        stream = sys.stdin.buffer
+    try:
+        data = stream.read()
+    except OSError as err:
+        raise InputError("-", f"cannot read standard input ({reason(err)})") from None
     if isinstance(data, str):
         data = os.fsencode(data)
     if b"\0" in data:
