@@ -8,9 +8,13 @@ from __future__ import annotations
 import errno
 import json
 import os
+import random
 import shlex
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -287,15 +291,130 @@ def test_every_command_with_standard_streams_closed(tmp_path, vgg11_bn_file, pho
     filters = shell(vggviz("filters", *model, "-o", tmp_path / "f"), "<&- >&- 2>&-", env=env)
     assert filters.returncode == 141  # the picture is drawn; printing its path met no reader
     assert (tmp_path / "f" / "filters-conv1.png").is_file()
-    for command in (["info"], ["info", "--weights", str(vgg11_bn_file)], ["weights"]):
+    for command in (["info", "--weights", str(vgg11_bn_file)], ["weights"]):
         closed = shell(vggviz(*command), ">&-", env=env)
         assert (closed.returncode, closed.stderr) == (141, ""), command
-        quiet = shell(vggviz(*command), "<&- 2>&-", env=env)
-        assert quiet.returncode in (0, 1) and quiet.stdout, command  # 1: weights missing
-        assert "Traceback" not in quiet.stdout
+    quiet = shell(vggviz("info"), "<&- 2>&-", env=env)
+    assert quiet.returncode == 0 and "conv13" in quiet.stdout
     top = shell(
         vggviz("top", photo, *model, "--size", 32, "--layers", "conv1", "-o", tmp_path / "t"),
         "<&- >&- 2>&-",
         env=env,
     )
     assert top.returncode == 0 and (tmp_path / "t" / "top.json").is_file()
+
+
+# --- signals during start-up ---------------------------------------------------------------------
+
+# The console entry point, with a signal sent to itself at the start of one step of start-up
+# (``import torch``, loading the model): the step must end whole (a KeyboardInterrupt thrown
+# into torch's initialisation is how a Ctrl-C ended in SIGABRT), and the run stop right after.
+DURING = """
+import builtins, os, signal, sys
+step, sig = sys.argv[1], getattr(signal, sys.argv[2])
+sys.argv = ["vggviz", *sys.argv[3:]]
+real_import = builtins.__import__
+
+def spied_import(name, *args, **kwargs):
+    if step == "import" and name == "torch" and "torch" not in sys.modules:
+        os.kill(os.getpid(), sig)
+        module = real_import(name, *args, **kwargs)
+        print("STEP ENDED WHOLE", flush=True)
+        return module
+    return real_import(name, *args, **kwargs)
+
+builtins.__import__ = spied_import
+if step == "load":
+    from vggviz.model import loading
+    real_load = loading.load
+
+    def load(*args, **kwargs):
+        os.kill(os.getpid(), sig)
+        loaded = real_load(*args, **kwargs)
+        print("STEP ENDED WHOLE", flush=True)
+        return loaded
+
+    loading.load = load
+from vggviz.cli import main
+main()
+"""
+
+
+@pytest.mark.parametrize("step", ["import", "load"])
+@pytest.mark.parametrize(("sig", "code"), [("SIGINT", 130), ("SIGTERM", 143)])
+def test_a_signal_during_start_up_never_raises_inside_it(
+    tmp_path, vgg11_bn_file, photo, step, sig, code
+) -> None:
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [sys.executable, "-c", DURING, step, sig, *argv(out, vgg11_bn_file, photo)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.stdout == "STEP ENDED WHOLE\n", done.stderr
+    assert done.returncode == code, done.stderr
+    assert done.stderr.split("\n")[-2:] == ["interrupted", ""], done.stderr
+    assert not (out / "photo_png").exists()
+
+
+@pytest.fixture
+def busy_cpu() -> Iterator[None]:
+    """Two spinning processes beside the test, as on a loaded machine."""
+    hogs = [subprocess.Popen(["yes"], stdout=subprocess.DEVNULL) for _ in range(2)]
+    try:
+        yield
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+
+
+def _main_started(pid: int) -> bool:
+    """Whether vggviz's main() has installed its stop flag: the process catches SIGTERM (the
+    interpreter alone catches only SIGINT). Before that, only the interpreter's own start-up
+    runs, which no program can guard."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return True  # gone already, or no /proc: send at once
+    caught = int(status.split("SigCgt:")[1].split()[0], 16)
+    return bool(caught & (1 << (signal.SIGTERM - 1)))
+
+
+def test_ctrl_c_at_random_moments_of_start_up(tmp_path, vgg11_bn_file, photo, busy_cpu) -> None:
+    """The issue's SIGABRT (twice in about 340 Ctrl-Cs under load): a signal at any moment of
+    start-up (imports, OpenMP and oneDNN initialisation, loading, the first image) ends the
+    run with 130, or 0 when the work was done, with no traceback and never 134. A bounded
+    sample, 3 runs at once; the seed of the moments is in every failure message."""
+    seed = random.randrange(1 << 30)
+    rng = random.Random(seed)
+    runs = []
+    for i in range(3):
+        proc = subprocess.Popen(
+            vggviz(*argv(tmp_path / f"out{i}", vgg11_bn_file, photo)),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
+        runs.append([proc, tmp_path / f"out{i}", rng.uniform(0.0, 2.5), None])
+    deadline = time.monotonic() + 60
+    while any(run[3] is None or run[3] >= 0 for run in runs) and time.monotonic() < deadline:
+        for run in runs:  # run[3]: when main() started; -1 once the signal is sent
+            proc, _, delay, began = run
+            if began is None and _main_started(proc.pid):
+                run[3] = began = time.monotonic()
+            if began is not None and began >= 0 and time.monotonic() >= began + delay:
+                proc.send_signal(signal.SIGINT)
+                run[3] = -1
+        time.sleep(0.002)
+    for proc, out, delay, _ in runs:
+        _, err = proc.communicate(timeout=120)
+        where = f"seed {seed}, SIGINT {delay:.3f} s into main: exit {proc.returncode}\n{err}"
+        assert proc.returncode in (0, 130), where
+        assert "Traceback" not in err and "Fatal Python error" not in err, where
+        if proc.returncode == 130:
+            assert err.split("\n")[-2].startswith("interrupted"), where
+        if out.exists():
+            assert_no_false_record(out)

@@ -1,9 +1,11 @@
 """The command line: parse options, call the library, map its errors to exit codes.
 
 ``commands`` holds the click group and its commands, ``params`` the shared option
-declarations, ``terminal`` exit codes, the stop flag, progress and JSON output; this module
-is the console entry point. torch is imported only inside commands that run a model, so
-``--help`` and usage errors answer at once.
+declarations, ``terminal`` exit codes, progress and JSON output, ``process`` what the process
+holds from its first line (signals as a stop flag, standard streams); this module is the
+console entry point. It imports only the standard library until the stop flag is in place:
+from then on no signal raises inside an import. torch is imported only inside commands that
+run a model, so ``--help`` and usage errors answer at once.
 """
 
 from __future__ import annotations
@@ -13,43 +15,51 @@ import contextlib
 import os
 import signal
 import sys
+from typing import Any
 
-import click
-
-from vggviz.cli.commands import cli
-from vggviz.cli.terminal import (
-    ExitCode,
-    Terminated,
-    guard_stderr,
-    on_sigterm,
-    open_standard_streams,
-    reason,
-    silence_stdout,
-)
+from vggviz.cli.process import StopFlag, guard_stderr, open_standard_streams, silence_stdout
 
 __all__ = ["cli", "main"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "cli":  # the click group, imported on first use (after main's stop flag)
+        from vggviz.cli.commands import cli
+
+        return cli
+    raise AttributeError(f"module 'vggviz.cli' has no attribute {name!r}")
 
 
 def main() -> None:
     """Console entry point: exit codes 0 ok, 1 failed inputs or errors, 2 usage, 130 Ctrl-C,
     141 stdout closed early, 143 SIGTERM."""
-    signal.signal(signal.SIGTERM, on_sigterm)
+    # First, before anything is imported: a signal is a request to stop from now on, never a
+    # KeyboardInterrupt thrown into torch's or OpenMP's initialisation (which aborted, 134).
+    stop = StopFlag().install()
     open_standard_streams()  # cron's <&- >&- 2>&-: before any file is opened
     guard_stderr()  # a reader of stderr that goes away never stops the work
     # Before torch loads OpenMP: its idle threads sleep instead of spinning, which on a busy
     # 2-core machine halved the CPU time of a folder run (the drawing threads need the cores).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+    import click
+
+    from vggviz.cli.commands import cli
+    from vggviz.cli.terminal import ExitCode, reason
+
     try:
+        if stop.received:  # during the imports above: nothing begun, nothing to undo
+            raise KeyboardInterrupt
         code = cli.main(prog_name="vggviz", standalone_mode=False)
     except SystemExit as done:  # commands that set their own exit code
         code = done.code
     except click.ClickException as err:
         err.show()
         code = err.exit_code
-    except (click.Abort, KeyboardInterrupt) as stop:
+    except (click.Abort, KeyboardInterrupt):
         click.echo("interrupted", err=True)
-        terminated = isinstance(stop.__cause__ or stop, Terminated)
-        code = ExitCode.TERMINATED if terminated else ExitCode.INTERRUPTED
+        sigterm = stop.received == signal.SIGTERM
+        code = ExitCode.TERMINATED if sigterm else ExitCode.INTERRUPTED
     except BrokenPipeError:
         silence_stdout()
         code = ExitCode.PIPE_CLOSED  # vggviz ... | head: end quietly, as cat does
@@ -65,6 +75,10 @@ def main() -> None:
 
 def _flush(code: int) -> int:
     """Flush stdout now, where its errors can still be told apart and reported."""
+    import click
+
+    from vggviz.cli.terminal import ExitCode, reason
+
     try:
         sys.stdout.flush()
     except BrokenPipeError:

@@ -35,6 +35,7 @@ from vggviz.cli.terminal import (
     finish,
     handle_errors,
     shown,
+    stop_point,
 )
 from vggviz.core import vocabulary
 from vggviz.core.vocabulary import ARCHS, ModelSpec
@@ -43,7 +44,9 @@ from vggviz.core.vocabulary import ARCHS, ModelSpec
 def _load(spec: ModelSpec):
     from vggviz.model.loading import load
 
+    stop_point()  # a signal while torch was imported ends the command here, never inside
     loaded, note = load(spec)
+    stop_point()
     if note:
         click.echo(f"vggviz: {note}", err=True)
     return loaded
@@ -109,7 +112,9 @@ def info(
     from vggviz.core.text import dumps
     from vggviz.model.info import describe_weights, format_info, format_weights, weights_json
 
+    stop_point()
     report = describe_weights(weights or "imagenet", arch, size=size, trust=trust_checkpoint)
+    stop_point()
     if as_json:
         click.echo(dumps(weights_json(report)))
     elif weights is None:

@@ -1,25 +1,25 @@
 """Process policy for the commands, the same for every job: exit codes, the stop flag that
-SIGINT and SIGTERM set, progress bars, errors and notes on stderr, JSON lines on stdout, a
-reader that went away, and the closing line.
+SIGINT and SIGTERM set (:mod:`vggviz.cli.process`), progress bars, errors and notes on
+stderr, JSON lines on stdout, a reader that went away, and the closing line.
 """
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import functools
-import io
-import os
 import signal
 import sys
 import time
 from collections.abc import Callable
 from enum import IntEnum
-from typing import Any, TextIO
+from typing import Any
 
 import click
 
 from vggviz.cli.params import flag
+from vggviz.cli.process import StopFlag as StopFlag  # the commands' one import of both
+from vggviz.cli.process import Terminated as Terminated
+from vggviz.cli.process import silence_stdout
+from vggviz.cli.process import stop_point as stop_point
 from vggviz.core.errors import UsageError, VggvizError
 from vggviz.core.lifecycle import Events, Summary
 
@@ -33,14 +33,6 @@ class ExitCode(IntEnum):
     INTERRUPTED = 130  # Ctrl-C
     PIPE_CLOSED = 141  # stdout's reader went away (vggviz ... | head)
     TERMINATED = 143  # SIGTERM (a scheduler's time limit)
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (a scheduler's time limit): stop as cleanly as for Ctrl-C."""
-
-
-def on_sigterm(_signum: int, _frame: object) -> None:
-    raise Terminated
 
 
 def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -88,36 +80,6 @@ def reason(err: OSError) -> str:
     return os_reason(err)
 
 
-class StopFlag:
-    """SIGINT and SIGTERM become a request to stop, polled by the job between steps, once the
-    job is running (:meth:`Progress.start`); before that (imports, model loading) they
-    interrupt as usual. One flag for every job: a stop is never an exception thrown into the
-    middle of a step, so nothing is left half-written and no traceback is printed."""
-
-    def __init__(self) -> None:
-        self.received: int | None = None
-        self.running = False
-        self.pipe_closed = False
-        self.stdout_error: str | None = None  # stdout failed otherwise (a full disk)
-
-    def __enter__(self) -> StopFlag:
-        self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        for sig, old in self._old.items():
-            # after a stop was asked for, more Ctrl-C while the run winds down change nothing
-            signal.signal(sig, signal.SIG_IGN if self.received else old)
-
-    def _handle(self, signum: int, _frame: object) -> None:
-        self.received = self.received or signum
-        if not self.running:
-            raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
-
-    def stop(self) -> bool:
-        return self.received is not None or self.pipe_closed or self.stdout_error is not None
-
-
 _LABELS = {"crops": "crops (inputs run again)", "pictures": "pictures (channels)"}
 
 
@@ -145,7 +107,6 @@ class Progress(Events):
             self.bar = None
 
     def start(self, total: int) -> None:
-        self.stop.running = True
         self.started = time.perf_counter()
 
     def phase(self, name: str, total: int, done: int = 0) -> None:
@@ -246,113 +207,3 @@ def finish(summary: Summary, stop: StopFlag, quiet: bool, closing: Callable[[], 
     elif summary.failed:
         click.echo(summary.line(), err=True)
     return ExitCode.FAILED if summary.failed else ExitCode.OK
-
-
-class GuardedStderr(io.TextIOBase):
-    """``sys.stderr`` that never raises: once its reader is gone (a closed pipe, a full
-    disk), messages are dropped and the run goes on; its exit code still tells how it went.
-    Without it, a progress bar or an error line written to a reader that left would end the
-    run with an exception in the middle of its work."""
-
-    def __init__(self, stream: TextIO) -> None:
-        self._stream = stream
-        self.gone = False
-
-    @property
-    def encoding(self) -> str:  # type: ignore[override]
-        return self._stream.encoding
-
-    @property
-    def errors(self) -> str | None:  # type: ignore[override]
-        return self._stream.errors
-
-    def writable(self) -> bool:
-        return True
-
-    def isatty(self) -> bool:
-        return not self.gone and self._stream.isatty()
-
-    def fileno(self) -> int:
-        return self._stream.fileno()
-
-    def write(self, text: str) -> int:
-        if not self.gone:
-            try:
-                self._stream.write(text)  # bytes raise TypeError, as click's probe expects
-            except OSError:
-                self._drop()
-        return len(text)
-
-    def flush(self) -> None:
-        if not self.gone:
-            try:
-                self._stream.flush()
-            except OSError:
-                self._drop()
-
-    def _drop(self) -> None:
-        self.gone = True
-        _to_devnull(self._stream)  # what is still buffered (and any C library) goes nowhere
-
-
-def guard_stderr() -> None:
-    """Make ``sys.stderr`` a :class:`GuardedStderr` (once, for the console entry point)."""
-    if sys.stderr is not None and not isinstance(sys.stderr, GuardedStderr):
-        sys.stderr = GuardedStderr(sys.stderr)
-
-
-class ClosedStdout(io.TextIOBase):
-    """``sys.stdout`` when file descriptor 1 was closed at start (cron's ``>&-``): whatever is
-    written meets a reader that is gone, as with a closed pipe (the run stops, exit 141)."""
-
-    encoding = "utf-8"
-    errors = "strict"
-
-    def writable(self) -> bool:
-        return True
-
-    def isatty(self) -> bool:
-        return False
-
-    def fileno(self) -> int:
-        return 1  # /dev/null by now (open_standard_streams)
-
-    def write(self, text: str) -> int:
-        raise BrokenPipeError(errno.EPIPE, "standard output is closed")
-
-
-def open_standard_streams() -> None:
-    """Standard streams closed at start (``<&- >&- 2>&-``) become /dev/null on their file
-    descriptors, so that no file the run opens can take descriptor 0, 1 or 2 (where a C
-    library's message, or a print, would land in a picture). Then: a closed stdin is
-    ``sys.stdin = None`` (reading ``-`` is an error line), a closed stdout a reader that is
-    gone (:class:`ClosedStdout`), a closed stderr a place where messages are dropped."""
-    closed = []
-    for fd in (0, 1, 2):
-        try:
-            os.fstat(fd)
-        except OSError:
-            closed.append(fd)
-    for fd in closed:
-        with contextlib.suppress(OSError):
-            null = os.open(os.devnull, os.O_RDWR)
-            if null != fd:
-                os.dup2(null, fd)
-                os.close(null)
-    if 1 in closed or sys.stdout is None:
-        sys.stdout = ClosedStdout()
-    if 2 in closed or sys.stderr is None:
-        with contextlib.suppress(OSError):  # /dev/null, open for the life of the process
-            sys.stderr = open(2, "w", encoding="utf-8", closefd=False)  # noqa: SIM115
-
-
-def _to_devnull(stream: TextIO) -> None:
-    with contextlib.suppress(OSError, ValueError, AttributeError):
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, stream.fileno())
-        os.close(devnull)
-
-
-def silence_stdout() -> None:
-    """Point stdout at /dev/null so that nothing more (not even the final flush) fails."""
-    _to_devnull(sys.stdout)

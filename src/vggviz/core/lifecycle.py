@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Generic, Protocol, TypeVar
 
-from vggviz.core import files, folders, inputs
+from vggviz.core import files, folders, inputs, interrupts
 from vggviz.core.errors import OutputError, UsageError
 from vggviz.core.folders import Identity
 from vggviz.core.inputs import Discovery, InputItem
@@ -175,10 +175,18 @@ def begin(
     planned = plan(request.images, request.out_dir, request.shard, stdin)
     prepare_output(request.out_dir, job)
     summary = report(planned, events)
+    _stop_point(events)  # a signal during the imports: torch is loaded whole, then we stop
     model, note = load()
+    _stop_point(events)  # ... during the loading: the same
     if note:
         events.note(note)
     return Started(planned, summary, model)
+
+
+def _stop_point(events: Events) -> None:
+    """A safe point before the work: a stop asked for by now ends the run (Stopped)."""
+    if events.should_stop():
+        raise interrupts.Stopped
 
 
 def report(plan: Plan, events: Events) -> Summary:

@@ -13,6 +13,7 @@ import torch
 
 from vggviz.core.errors import UsageError, WeightsError
 from vggviz.core.files import atomic_file
+from vggviz.core.interrupts import interruptible
 from vggviz.core.text import first_line
 from vggviz.core.vocabulary import ARCHS, IMAGENET_FILES
 
@@ -42,9 +43,10 @@ def download_imagenet(arch: str, progress: bool = True) -> Path:
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
     try:
-        torch.hub.load_state_dict_from_url(
-            url, progress=progress, check_hash=True, map_location="meta"
-        )
+        with interruptible():  # minutes of network: Ctrl-C stops it at once, torch cleans up
+            torch.hub.load_state_dict_from_url(
+                url, progress=progress, check_hash=True, map_location="meta"
+            )
     except Exception as err:  # network, HTTP, hash and disk errors all end the same way
         why = _reason(err)
         raise WeightsError(
@@ -66,14 +68,15 @@ def import_weights(file: str | Path) -> tuple[str, Path]:
     file = Path(file)
     if not file.is_file():
         raise WeightsError(f"{file}: no such file")
-    digest = _sha256(file)
-    for arch in ARCHS:
-        target = imagenet_cache_path(arch)
-        expected = target.stem.rsplit("-", 1)[-1]
-        if digest.startswith(expected):
-            with file.open("rb") as src, atomic_file(target) as dst:
-                shutil.copyfileobj(src, dst, 1 << 20)
-            return arch, target
+    with interruptible():  # hashing and copying 500 MB: Ctrl-C stops it at once
+        digest = _sha256(file)
+        for arch in ARCHS:
+            target = imagenet_cache_path(arch)
+            expected = target.stem.rsplit("-", 1)[-1]
+            if digest.startswith(expected):
+                with file.open("rb") as src, atomic_file(target) as dst:
+                    shutil.copyfileobj(src, dst, 1 << 20)
+                return arch, target
     raise WeightsError(
         f"{file}: sha256 {digest[:8]}... matches none of torchvision's VGG ImageNet checkpoints "
         f"(e.g. {imagenet_cache_path('vgg16_bn').name}); is it complete?"
