@@ -418,3 +418,30 @@ def test_ctrl_c_at_random_moments_of_start_up(tmp_path, vgg11_bn_file, photo, bu
             assert err.split("\n")[-2].startswith("interrupted"), where
         if out.exists():
             assert_no_false_record(out)
+
+
+# --- folders the walk cannot enter ----------------------------------------------------------------
+
+
+def test_folders_the_walk_cannot_enter_are_problems_not_non_images(tmp_path, vgg11_bn_file) -> None:
+    top = tmp_path / "in"
+    write_photo(top / "a.png")
+    (top / "loop").symlink_to("loop")  # ELOOP: its kind cannot be found
+    here = os.open(".", os.O_RDONLY)
+    try:  # a tree deeper than PATH_MAX, made with relative steps
+        os.chdir(top)
+        for i in range(18):
+            os.mkdir(f"{i:02d}{'d' * 248}")
+            os.chdir(f"{i:02d}{'d' * 248}")
+        write_photo(Path("x.png"))
+    finally:
+        os.fchdir(here)
+        os.close(here)
+    result = invoke(tmp_path / "out", vgg11_bn_file, top, "--json")
+    assert result.exit_code == 1, result.output
+    assert [Path(r["input"]).name for r in records(result.stdout)] == ["a.png"]
+    lines = result.stderr.split("\n")
+    assert f"error: {top}/loop: cannot open (too many levels of symbolic links)" in lines
+    (deep,) = [x for x in lines if x.endswith(": cannot list folder (file name too long)")]
+    assert deep.startswith(f"error: {top}/00ddd")
+    assert "non-image" not in result.stderr

@@ -147,8 +147,12 @@ def _walk(
     add: Callable[[Path, str, PurePosixPath], None],
     seen_dirs: set[tuple[int, int]],
 ) -> None:
-    """Depth-first walk in sorted name order, iterative so deep trees cannot overflow."""
-    stack: list[Iterator[tuple[Path, PurePosixPath]]] = []
+    """Depth-first walk in sorted name order, iterative so deep trees cannot overflow.
+
+    An entry is a folder by its directory entry (no stat for a real folder); one whose kind
+    cannot be found (a link loop, a path past PATH_MAX, no permission) and a folder that
+    cannot be entered are problems, each one line, never "non-image files"."""
+    stack: list[Iterator[tuple[Path, PurePosixPath, os.DirEntry[str]]]] = []
 
     def enter(folder: Path, rel: PurePosixPath) -> None:
         try:
@@ -158,11 +162,11 @@ def _walk(
                 return  # a symlink loop or a second link to a folder already walked
             seen_dirs.add(key)
             with os.scandir(folder) as it:
-                names = sorted(entry.name for entry in it)
+                entries = sorted(it, key=lambda entry: entry.name)
         except OSError as exc:
             found.problems.append(InputError(folder, list_reason(exc)))
             return
-        stack.append(iter([(folder / n, rel / n) for n in names]))
+        stack.append(iter([(folder / e.name, rel / e.name, e) for e in entries]))
 
     enter(top, PurePosixPath())
     while stack:
@@ -170,10 +174,16 @@ def _walk(
         if nxt is None:
             stack.pop()
             continue
-        path, rel = nxt
+        path, rel, entry = nxt
         if path.name.startswith("."):
             found.hidden += 1
-        elif _is_dir(path):  # the output folder is among the folders already seen
+            continue
+        try:
+            is_dir = entry.is_dir()  # a broken link is no folder (False), a link loop raises
+        except OSError as exc:
+            found.problems.append(InputError(path, f"cannot open ({reason(exc)})"))
+            continue
+        if is_dir:  # the output folder is among the folders already seen
             enter(path, rel)
         elif path.suffix.lower() in IMAGE_EXTENSIONS:
             add(path, source, rel)  # broken symlinks too, so the user hears about them
