@@ -445,3 +445,42 @@ def test_folders_the_walk_cannot_enter_are_problems_not_non_images(tmp_path, vgg
     (deep,) = [x for x in lines if x.endswith(": cannot list folder (file name too long)")]
     assert deep.startswith(f"error: {top}/00ddd")
     assert "non-image" not in result.stderr
+
+
+# --- output folders a script names by mistake ---------------------------------------------------
+
+
+def test_an_empty_or_root_output_folder_is_a_usage_error(
+    tmp_path, vgg11_bn_file, photo, monkeypatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # the current folder, which must stay untouched
+    (tmp_path / "index.html").write_text("<p>my page</p>")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    for out in ("", "/", "/.", "//"):
+        result = CliRunner().invoke(cli, [*argv(Path("x"), vgg11_bn_file, photo)[:-1], out])
+        assert result.exit_code == 2, (out, result.output)
+        assert "Invalid value for '-o' / '--output-dir'" in result.stderr
+    empty = CliRunner().invoke(cli, [*argv(Path("x"), vgg11_bn_file, photo)[:-1], ""])
+    assert "an empty folder name (an unset shell variable?)" in empty.stderr
+    for command in (["filters", "--weights", "random"], ["top", str(photo)]):
+        result = CliRunner().invoke(cli, [*command, "-o", ""])
+        assert result.exit_code == 2, (command, result.output)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    assert (tmp_path / "index.html").read_text() == "<p>my page</p>"
+
+
+def test_a_folder_with_someone_elses_index_is_refused(tmp_path, vgg11_bn_file, photo) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "index.html").write_text("<p>my page</p>")
+    result = invoke(site, vgg11_bn_file, photo)
+    assert result.exit_code == 2
+    assert "holds an index.html that vggviz did not write" in result.stderr
+    assert sorted(p.name for p in site.iterdir()) == ["index.html"]
+    # a folder vggviz wrote before it left a marker is still its own
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "index.html").write_text("<p>vggviz</p>")
+    (old / "manifest.jsonl").write_text("")
+    assert invoke(old, vgg11_bn_file, photo).exit_code == 0
+    assert invoke(old, vgg11_bn_file, photo).exit_code == 0  # and again, by its marker

@@ -102,9 +102,10 @@ trust_option = click.option(
 output_dir_option = click.option(
     "-o",
     "--output-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("outputs"),
+    type=click.Path(file_okay=False),  # a str: '' (an unset variable) must not become '.'
+    default="outputs",
     show_default=True,
+    callback=checked(checks.check_output_dir),
     help="Folder for the pictures (created if missing).",
 )
 

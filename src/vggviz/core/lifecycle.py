@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Generic, Protocol, TypeVar
 
-from vggviz.core import files, folders, inputs, interrupts
+from vggviz.core import files, folders, inputs, interrupts, values
 from vggviz.core.errors import OutputError, UsageError
 from vggviz.core.folders import Identity
 from vggviz.core.inputs import Discovery, InputItem
@@ -204,8 +204,10 @@ def report(plan: Plan, events: Events) -> Summary:
 
 def prepare_output(out_dir: Path, job: str) -> None:
     """Create ``out_dir``, prove it writable now (before any model is loaded), and make it
-    ``job``'s: a folder that holds another job's outputs is refused (UsageError), since both
-    would write ``index.html``."""
+    ``job``'s: a folder that holds another job's outputs, or an ``index.html`` vggviz did not
+    write, is refused (UsageError), since the run would replace it; so are an empty name and
+    the root folder (``values.check_output_dir``)."""
+    values.check_output_dir(out_dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=out_dir, prefix=".vggviz-probe"):
@@ -232,6 +234,12 @@ def _owner(out_dir: Path, job: str) -> str:
     for other, patterns in JOB_FILES.items():
         if other != job and _holds(out_dir, patterns):
             return other
+    if os.path.lexists(out_dir / "index.html") and not _holds(out_dir, JOB_FILES.get(job, ())):
+        raise UsageError(  # a web site, or the current folder given as ``-o "$UNSET"``
+            f"{display(str(out_dir))} holds an index.html that vggviz did not write; "
+            "give vggviz a folder of its own",
+            param="output_dir",
+        )
     try:
         fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666)
     except FileExistsError:  # another run made it first: its word counts

@@ -1,4 +1,4 @@
-"""Checks of option values that need no model: grid, seed, device and shard syntax.
+"""Checks of option values that need no model: grid, seed, device, shard and output folder.
 
 Torch-free, so that a value that cannot work is refused before anything heavy is imported.
 Messages name the value and the rule, not a command-line flag: each error carries ``param``
@@ -7,7 +7,9 @@ Messages name the value and the rule, not a command-line flag: each error carrie
 
 from __future__ import annotations
 
+import os
 import re
+from pathlib import Path
 from typing import Literal
 
 from vggviz.core.errors import UsageError
@@ -101,3 +103,20 @@ def parse_shard(text: str) -> tuple[int, int]:
             f"shard number K must be between 1 and N ({n}); got {shown(text)}", param="shard"
         )
     return k, n
+
+
+def check_output_dir(text: str | os.PathLike[str]) -> Path:
+    """The output folder as a Path, refusing the two that a script means by mistake: an empty
+    name (an unset variable, ``-o "$OUT"``), which would write into the current folder, and
+    the root folder (``-o "$OUT/"``), where a folder per image and an index would land."""
+    name = os.fspath(text)
+    if name == "":
+        raise UsageError(
+            "an empty folder name (an unset shell variable?); name the folder", param="output_dir"
+        )
+    if os.path.realpath(name) == os.path.realpath(os.sep):
+        raise UsageError(
+            f"{shown(name)} is the root folder; give vggviz a folder of its own",
+            param="output_dir",
+        )
+    return Path(name)
