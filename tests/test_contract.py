@@ -484,3 +484,51 @@ def test_a_folder_with_someone_elses_index_is_refused(tmp_path, vgg11_bn_file, p
     (old / "manifest.jsonl").write_text("")
     assert invoke(old, vgg11_bn_file, photo).exit_code == 0
     assert invoke(old, vgg11_bn_file, photo).exit_code == 0  # and again, by its marker
+
+
+# --- runs at once with other options ---------------------------------------------------------
+
+
+def test_a_second_live_run_with_other_options_is_refused(tmp_path, vgg11_bn_file, photos) -> None:
+    from conftest import wait_for_records
+
+    out = tmp_path / "out"
+    first = subprocess.Popen(
+        vggviz(*argv(out, vgg11_bn_file, photos, "--size", 128, "--layers", "all", "--save-raw")),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for_records(out, 1, first)
+        other = invoke(out, vgg11_bn_file, photos, "--cmap", "gray", "--json")
+        same = invoke(out, vgg11_bn_file, photos, "--size", 128, "--layers", "all", "--save-raw")
+    finally:
+        _, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err
+    assert other.exit_code == 1
+    assert other.stderr == (
+        f"Error: {out}: another vggviz run (pid {first.pid}) is writing here with other "
+        "options; wait for it to end, give the same options, or choose another output folder\n"
+    )
+    assert other.stdout == ""
+    assert same.exit_code == 0, same.output  # the same options share the work, as before
+    # the first run's manifest claims only pictures that are its own
+    for record in records((out / "manifest.jsonl").read_text("utf-8")):
+        on_disk = json.loads((Path(record["folder"]) / folders.RECORD).read_text("utf-8"))
+        assert on_disk["fingerprint"] == record["fingerprint"]
+    assert_no_false_record(out)
+
+
+def test_run_claims_share_a_folder_only_with_the_same_options(tmp_path) -> None:
+    first = folders.claim_run(tmp_path, None, "a" * 64)
+    same = folders.claim_run(tmp_path, (1, 2), "a" * 64)  # a shard of the same run
+    with pytest.raises(folders.OtherOptions) as other:
+        folders.claim_run(tmp_path, None, "b" * 64)
+    assert other.value.pid == os.getpid()
+    first.release()
+    same.release()
+    again = folders.claim_run(tmp_path, None, "b" * 64)  # nobody live: the folder is free
+    assert again.suffix == ""
+    again.release()
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

@@ -126,10 +126,33 @@ def hold(lock: Path) -> int:
 
 def _read_pid(fd: int) -> int | None:
     try:
-        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+        return _pid_of(os.pread(fd, 32, 0).decode("ascii", "replace"))
     except OSError:
         return None
-    return int(text) if text.isdigit() else None
+
+
+def _pid_of(text: str) -> int | None:
+    """The pid on the first line of a lock file (more lines may follow: see ``folders``)."""
+    first = text.split("\n")[0].strip()
+    return int(first) if first.isdigit() else None
+
+
+def holder(lock: Path) -> tuple[int | None, str] | None:
+    """Who holds ``lock`` now: (its pid, the lines it wrote after the pid), or None when no
+    live process does (a killed run's file). Never waits; never follows a symbolic link."""
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        if try_lock(fd, lock):
+            return None  # ours for a moment: nobody's (closing the fd drops it again)
+        text = os.pread(fd, 4096, 0).decode("utf-8", "replace")
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return _pid_of(text), text.partition("\n")[2].strip()
 
 
 @contextmanager

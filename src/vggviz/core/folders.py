@@ -28,11 +28,12 @@ import itertools
 import json
 import os
 import re
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol, TypedDict
 
-from vggviz.core.files import Held, hold
+from vggviz.core.files import Held, hold, holder
 from vggviz.core.text import dumps
 
 FORMAT = 2  # bump when the pictures of the same options change, so old folders are redone
@@ -175,16 +176,57 @@ class RunClaim:
             self._fd = None
 
 
-def claim_run(out_dir: Path, shard: tuple[int, int] | None) -> RunClaim:
+class OtherOptions(Exception):
+    """A live run writes into the folder with other options (another fingerprint)."""
+
+    def __init__(self, pid: int | None) -> None:
+        super().__init__(pid)
+        self.pid = pid
+
+
+def claim_run(out_dir: Path, shard: tuple[int, int] | None, fingerprint: str = "") -> RunClaim:
     """Hold the first free run suffix: ``""`` (or the shard's), else ``-2``, ``-3``, ... when
-    other live runs already write ``manifest.jsonl`` and ``index.html`` into ``out_dir``."""
-    for copy in itertools.count(1):
-        suffix = run_suffix(shard, copy)
-        try:
-            return RunClaim(out_dir, suffix, hold(out_dir / _run_lock(suffix)))
-        except Held:
-            continue
+    other live runs already write ``manifest.jsonl`` and ``index.html`` into ``out_dir``.
+
+    Runs at once share a folder only with the same options: a live run whose ``fingerprint``
+    differs raises :class:`OtherOptions` (its pid), since each would redo the other's images
+    and its manifest would list pictures the other replaced. The check and the claim are one
+    step (under ``.vggviz-runs.lock``), so two runs starting together cannot both pass."""
+    with _runs_mutex(out_dir):
+        for lock in sorted(out_dir.glob(_run_lock("*"))):
+            held = holder(lock)
+            if held is not None and held[1] != fingerprint:
+                raise OtherOptions(held[0])
+        for copy in itertools.count(1):
+            suffix = run_suffix(shard, copy)
+            try:
+                fd = hold(out_dir / _run_lock(suffix))
+            except Held:
+                continue
+            with contextlib.suppress(OSError):  # after the pid: what the run is made of
+                os.write(fd, f"{fingerprint}\n".encode())
+            return RunClaim(out_dir, suffix, fd)
     raise AssertionError("unreachable")
+
+
+@contextlib.contextmanager
+def _runs_mutex(out_dir: Path) -> Iterator[None]:
+    """Runs starting in ``out_dir`` one at a time, for the few milliseconds of a run claim;
+    a holder that does not let go within 10 s (stopped with SIGSTOP) is waited for no more."""
+    lock = out_dir / ".vggviz-starting.lock"  # not a run lock: _run_lock("*") must miss it
+    fd = None
+    deadline = time.monotonic() + 10
+    while fd is None and time.monotonic() < deadline:
+        try:
+            fd = hold(lock)
+        except Held:
+            time.sleep(0.005)
+    try:
+        yield
+    finally:
+        if fd is not None:
+            _unlink(lock)  # ours while we hold it; hold() retries if it goes under another
+            os.close(fd)
 
 
 def _run_lock(suffix: str) -> str:

@@ -588,7 +588,13 @@ def run_images(
     and ``index(out_dir, records, name, figures)`` last. Fills and returns ``summary``.
     Raises OutputError when the run's own files cannot be written."""
     try:
-        held = folders.claim_run(out_dir, shard)
+        held = folders.claim_run(out_dir, shard, work.fingerprint)
+    except folders.OtherOptions as other:
+        who = f"another vggviz run (pid {other.pid})" if other.pid else "another vggviz run"
+        raise OutputError(
+            f"{display(str(out_dir))}: {who} is writing here with other options; wait for it "
+            "to end, give the same options, or choose another output folder"
+        ) from None
     except OSError as err:
         raise OutputError(write_error(out_dir, err)) from None
     try:
