@@ -532,3 +532,51 @@ def test_run_claims_share_a_folder_only_with_the_same_options(tmp_path) -> None:
     assert again.suffix == ""
     again.release()
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+# --- names equal but for case -------------------------------------------------------------------
+
+
+def test_adding_a_name_equal_but_for_case_moves_no_finished_folder(tmp_path, vgg11_bn_file) -> None:
+    photos = tmp_path / "photos"
+    write_photo(photos / "cat.jpg", seed=1)
+    write_photo(photos / "dog.jpg", seed=2)
+    out = tmp_path / "out"
+    assert invoke(out, vgg11_bn_file, photos).exit_code == 0
+    write_photo(photos / "CAT.jpg", seed=3)  # sorts before cat.jpg
+    write_photo(photos / "DOG.jpg", seed=4)
+    shards = [
+        subprocess.Popen(
+            vggviz(*argv(out, vgg11_bn_file, photos, "--skip-existing", "--json", "--shard", k)),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for k in ("1/2", "2/2")
+    ]
+    got = []
+    for shard in shards:
+        stdout, stderr = shard.communicate(timeout=300)
+        assert shard.returncode == 0, stderr
+        got += records(stdout)
+    by_name = {Path(r["input"]).name: r for r in got}
+    assert by_name["cat.jpg"]["status"] == by_name["dog.jpg"]["status"] == "skipped"
+    assert by_name["cat.jpg"]["folder"] == str(out / "cat_jpg")  # where it was
+    assert by_name["dog.jpg"]["folder"] == str(out / "dog_jpg")
+    for name in ("CAT.jpg", "DOG.jpg"):
+        assert by_name[name]["status"] == "ok"
+        assert Path(by_name[name]["folder"]).name.startswith(name.replace(".", "_") + "_")
+    assert len({r["folder"] for r in got}) == 4
+    assert_no_false_record(out)
+
+
+def test_names_equal_but_for_case_agree_across_shards_from_scratch(tmp_path) -> None:
+    from vggviz.core.inputs import discover
+
+    for name in ("cat.jpg", "CAT.jpg", "Cat.jpg"):
+        write_photo(tmp_path / "in" / name)
+    items = discover([str(tmp_path / "in")]).items
+    out = tmp_path / "out"
+    dirs = folders.output_dirs(items, out)
+    assert folders.output_dirs(list(reversed(items)), out) == list(reversed(dirs))
+    assert dirs[0] == out / "CAT_jpg" and len(set(dirs)) == 3  # the first by path, as before

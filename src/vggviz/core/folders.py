@@ -7,7 +7,8 @@ image is recognised, and how runs that share a folder keep out of each other's w
   name depends on the input alone, so adding files never renames a folder. Such a name never
   ends in ``.<extension>``, so it can never be one of the run's own files (``index.html``,
   ``manifest.jsonl``, ``filters-conv1.png``). Names that differ only in case, and the rare
-  clash with a folder of the input tree, are told apart by a hash of the input path.
+  clash with a folder of the input tree, are told apart by a hash of the input path; of
+  names equal but for case, the one already finished in the plain folder keeps it.
 - **Completion.** ``record.json`` is written last and holds the input's identity (real path,
   size, mtime) and a fingerprint of every option that shapes the pictures. ``--skip-existing``
   skips a folder only when both match and every listed output is there; anything else is
@@ -249,7 +250,11 @@ class Input(Protocol):
 def output_dirs(items: Sequence[Input], out_dir: Path) -> list[Path]:
     """One distinct folder per input, always inside ``out_dir`` (see the module's rules).
 
-    Computed from the whole list, so call it before sharding: every shard then agrees.
+    Computed from the whole list and what ``out_dir`` already holds, so call it before
+    sharding: every shard then agrees. Of inputs whose names differ only in case, the one
+    whose finished record is in the plain folder keeps it (two, on a file system that tells
+    them apart), and the others are told apart by a hash; with no such record, the first by
+    path keeps it.
     """
     paths = [str(item.path) for item in items]
     wanted = [_folder_parts(item.rel) for item in items]
@@ -264,10 +269,17 @@ def output_dirs(items: Sequence[Input], out_dir: Path) -> list[Path]:
         members.sort(key=lambda i: (os.fsencode(paths[i]), i))
         if key in ancestors:
             renamed.extend(members)  # a folder of the input tree has this name
-        else:
-            chosen[members[0]] = wanted[members[0]]
-            used.add(key)
-            renamed.extend(members[1:])
+            continue
+        # the plain name stays with the input(s) whose finished record is already there, so
+        # that adding CAT.jpg never moves a finished cat.jpg; else the first by path
+        keepers = members[:1]
+        if len(members) > 1:  # rare: records are read for these alone
+            found = [i for i in members if _finished_for(out_dir.joinpath(*wanted[i]), paths[i])]
+            keepers = found or keepers
+        for i in keepers:
+            chosen[i] = wanted[i]
+        used.add(key)
+        renamed.extend(i for i in members if i not in keepers)
     renamed.sort(key=lambda i: (os.fsencode(paths[i]), i))
     for i in renamed:
         *parent, name = wanted[i]
@@ -279,6 +291,16 @@ def output_dirs(items: Sequence[Input], out_dir: Path) -> list[Path]:
         chosen[i] = (*parent, candidate)
         used.add(_key(chosen[i]))
     return [out_dir.joinpath(*chosen[i]) for i in range(len(items))]
+
+
+def _finished_for(folder: Path, path: str) -> bool:
+    """Whether ``folder`` holds a record of the input at ``path`` (by its real path): that
+    input's folder from an earlier run, which must stay its folder."""
+    try:
+        record = json.loads((folder / RECORD).read_text(encoding="utf-8"))
+        return record["identity"]["path"] == os.path.realpath(path)
+    except (OSError, ValueError, TypeError, KeyError):
+        return False
 
 
 def folder_name(file_name: str) -> str:
