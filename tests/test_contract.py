@@ -580,3 +580,15 @@ def test_names_equal_but_for_case_agree_across_shards_from_scratch(tmp_path) -> 
     dirs = folders.output_dirs(items, out)
     assert folders.output_dirs(list(reversed(items)), out) == list(reversed(dirs))
     assert dirs[0] == out / "CAT_jpg" and len(set(dirs)) == 3  # the first by path, as before
+
+
+# --- found as a hostile user ---------------------------------------------------------------------
+
+
+def test_a_weights_path_that_cannot_be_read_is_one_line(tmp_path, photo) -> None:
+    weights = tmp_path / ("w" * 300 + ".pth")  # ENAMETOOLONG: neither missing nor readable
+    result = CliRunner().invoke(
+        cli, ["features", str(photo), "--weights", str(weights), "-o", str(tmp_path / "out")]
+    )
+    assert result.exit_code == 1, result.output
+    assert result.stderr == f"Error: {weights}: cannot be read (file name too long)\n"

@@ -417,6 +417,6 @@ def _reason(err: BaseException) -> str:
 
 
 def _os_reason(err: OSError) -> str:
-    from vggviz.core.errors import os_reason
+    from vggviz.core.text import reason
 
-    return os_reason(err)
+    return reason(err)
