@@ -592,3 +592,22 @@ def test_a_weights_path_that_cannot_be_read_is_one_line(tmp_path, photo) -> None
     )
     assert result.exit_code == 1, result.output
     assert result.stderr == f"Error: {weights}: cannot be read (file name too long)\n"
+
+
+def test_messages_name_the_file_not_its_hidden_temporary(tmp_path, vgg11_bn_file, photo) -> None:
+    out = tmp_path / "out"
+    assert invoke(out, vgg11_bn_file, photo).exit_code == 0
+    (out / "manifest.jsonl").unlink()
+    (out / "manifest.jsonl").mkdir()  # a folder where the manifest goes
+    (out / "photo_png" / folders.RECORD).unlink()
+    (out / "photo_png" / folders.RECORD).mkdir()
+    result = invoke(out, vgg11_bn_file, photo)
+    assert result.exit_code == 1
+    assert result.stderr.split("\n")[0] == (
+        f"error: {out}/photo_png/record.json: cannot write (is a directory)"
+    )
+    assert result.stderr.split("\n")[-2] == (
+        f"Error: {out}/manifest.jsonl: cannot write (is a directory)"
+    )
+    assert TMP_SUFFIX not in result.stderr
+    assert not [p for p in out.rglob("*") if p.name.endswith(TMP_SUFFIX)]

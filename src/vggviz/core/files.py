@@ -50,7 +50,12 @@ def _temporary(path: Path) -> tuple[int, str]:
     """A new temporary file beside ``path``, with ordinary file permissions, locked by us for
     as long as it is open so that another run's sweep can tell it is alive."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:200]}.", suffix=TMP_SUFFIX, dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(
+            prefix=f".{path.name[:200]}.", suffix=TMP_SUFFIX, dir=path.parent
+        )
+    except OSError as err:
+        raise named(err, path) from None
     try:
         os.fchmod(fd, FILE_MODE)
         try_lock(fd, tmp)
@@ -59,6 +64,14 @@ def _temporary(path: Path) -> tuple[int, str]:
         Path(tmp).unlink(missing_ok=True)
         raise
     return fd, tmp
+
+
+def named(err: OSError, path: Path) -> OSError:
+    """``err`` as about ``path``, the final name, not the hidden temporary it was met on: a
+    message names the file the user knows."""
+    if err.filename == str(path):
+        return err
+    return type(err)(err.errno, err.strerror or str(err), str(path))
 
 
 # --- locks: one flock helper for temporaries, image folders and runs -------------------------
@@ -163,6 +176,9 @@ def atomic_file(path: Path, mode: str = "wb") -> Iterator[IO[Any]]:
         with os.fdopen(fd, mode, encoding=_encoding(mode)) as f:
             yield f
         os.replace(tmp, path)
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        raise named(err, path) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -238,8 +254,11 @@ class _Staged:
         self._file.close()
 
     def close(self) -> Path:
-        self._finish()
-        os.replace(self._tmp, self.path)
+        try:
+            self._finish()
+            os.replace(self._tmp, self.path)
+        except OSError as err:
+            raise named(err, self.path) from None
         return self.path
 
     def abort(self) -> None:

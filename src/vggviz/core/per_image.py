@@ -596,7 +596,7 @@ def run_images(
             "to end, give the same options, or choose another output folder"
         ) from None
     except OSError as err:
-        raise OutputError(write_error(out_dir, err)) from None
+        raise OutputError(write_error(err.filename or out_dir, err)) from None
     try:
         if held.suffix != folders.run_suffix(shard):
             events.note(
