@@ -459,7 +459,7 @@ def test_an_empty_or_root_output_folder_is_a_usage_error(
     for out in ("", "/", "/.", "//"):
         result = CliRunner().invoke(cli, [*argv(Path("x"), vgg11_bn_file, photo)[:-1], out])
         assert result.exit_code == 2, (out, result.output)
-        assert "Invalid value for '-o' / '--output-dir'" in result.stderr
+        assert "Invalid value for '-o/--output-dir'" in result.stderr
     empty = CliRunner().invoke(cli, [*argv(Path("x"), vgg11_bn_file, photo)[:-1], ""])
     assert "an empty folder name (an unset shell variable?)" in empty.stderr
     for command in (["filters", "--weights", "random"], ["top", str(photo)]):

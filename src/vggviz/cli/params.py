@@ -33,13 +33,14 @@ def checked(check: Callable[[Any], Any]) -> Callable[[click.Context, click.Param
     """An option callback from a library check: its UsageError becomes click's BadParameter,
     which names the option (exit 2)."""
 
-    def callback(_ctx: click.Context, _param: click.Parameter, value: Any) -> Any:
+    def callback(_ctx: click.Context, param: click.Parameter, value: Any) -> Any:
         if value is None:
             return None
         try:
             return check(value)
-        except UsageError as err:
-            raise click.BadParameter(str(err)) from None
+        except UsageError as err:  # spelled as the library's errors are: '-o/--output-dir'
+            hint = f"'{flag(param.name)}'" if param.name else None
+            raise click.BadParameter(str(err), param_hint=hint) from None
 
     return callback
 
