@@ -74,8 +74,12 @@ def test_names_holding_line_separators_are_read_back_whole(tmp_path, vgg11_bn_fi
     result = invoke(out, vgg11_bn_file, tmp_path / "in", "--json")
     assert result.exit_code == 0, result.output
     assert sorted(Path(r["input"]).name for r in records(result.stdout)) == sorted(names)
-    manifest = records((out / "manifest.jsonl").read_text("utf-8"))
+    text = (out / "manifest.jsonl").read_text("utf-8")
+    manifest = records(text)
     assert sorted(Path(r["input"]).name for r in manifest) == sorted(names)
+    # a script's reader with str.splitlines() gets one line per record too
+    assert [json.loads(line) for line in text.splitlines()] == manifest
+    assert [json.loads(line) for line in result.stdout.splitlines()] == manifest
     assert (out / "index.html").read_text("utf-8").count("overview.png") >= len(names)
     assert_no_false_record(out)
 

@@ -16,6 +16,9 @@ from typing import Any
 
 _SHOWN = 40  # longest value echoed in a message
 _SURROGATE = re.compile("[\ud800-\udfff]")
+# escaped in JSON too: lone surrogates (not UTF-8), and the line breaks JSON leaves raw that
+# str.splitlines() would split a JSON line at (a script's reader of manifest.jsonl, say)
+_JSON_ESCAPED = re.compile("[\ud800-\udfff\x85\u2028\u2029]")
 
 
 def shown(text: str, quote: bool = True) -> str:
@@ -40,9 +43,10 @@ def first_line(text: str) -> str:
 
 def dumps(obj: object, **kwargs: Any) -> str:
     """JSON text that is valid UTF-8 whatever the file names: lone surrogates (undecodable
-    bytes of a name) become ``\\uXXXX`` escapes. NaN and Inf are refused (not JSON)."""
+    bytes of a name) become ``\\uXXXX`` escapes, and so do U+0085, U+2028 and U+2029, so that
+    a line of JSON Lines is one line even to ``str.splitlines()``. NaN and Inf are refused."""
     text = json.dumps(obj, ensure_ascii=False, allow_nan=False, **kwargs)
-    return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+    return _JSON_ESCAPED.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 # What would break a line or drive a terminal: C0 and C1 controls and DEL (newline, escape,
