@@ -168,7 +168,9 @@ def test_long_names_stay_in_their_column() -> None:
 
 def test_file_names_that_are_not_utf8_or_hold_control_characters() -> None:
     name = os.fsdecode(b"caf\xe9\xff\xe2\x80\xa8\n.jpg")
-    assert pictures._clean(pictures.display(name)) == "caf\ufffd\ufffd\ufffd\ufffd.jpg"
+    # core/text.display, every picture's one helper: undecodable bytes as U+FFFD, line breaks
+    # as escapes, so that the name stays one line and says what it holds
+    assert pictures._clean(pictures.display(name)) == "caf\ufffd\ufffd\\u2028\\n.jpg"
     photo = photo_array(48, 64)
     picture = explain_picture(
         photo, [Panel(0, "a\u2028b", 0.5, _hot_corner(), GOOD)], [("a", 0.5)], _caption(image=name)
