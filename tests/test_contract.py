@@ -505,9 +505,11 @@ def test_a_second_live_run_with_other_options_is_refused(tmp_path, vgg11_bn_file
     )
     try:
         wait_for_records(out, 1, first)
+        first.send_signal(signal.SIGSTOP)  # alive, holding its claims, however fast it is
         other = invoke(out, vgg11_bn_file, photos, "--cmap", "gray", "--json")
         same = invoke(out, vgg11_bn_file, photos, "--size", 128, "--layers", "all", "--save-raw")
     finally:
+        first.send_signal(signal.SIGCONT)
         _, err = first.communicate(timeout=300)
     assert first.returncode == 0, err
     assert other.exit_code == 1
