@@ -196,9 +196,7 @@ def _dumps(record: Any) -> str:
     return dumps(record)
 
 
-def finish(
-    summary: Summary, stop: StopFlag, quiet: bool, closing: Callable[[], str]
-) -> ExitCode:
+def finish(summary: Summary, stop: StopFlag, quiet: bool, closing: Callable[[], str]) -> ExitCode:
     """The run's last words on stderr and its exit code: a closed pipe ends quietly, a full
     disk or a stop says how far the run got, and ``closing()`` (the summary and where the
     outputs are) is said for a complete run unless quiet."""

@@ -140,8 +140,10 @@ def atomic_file(path: Path, mode: str = "wb") -> Iterator[IO[Any]]:
         with os.fdopen(fd, mode, encoding=_encoding(mode)) as f:
             yield f
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.filename is None:
+            err.filename = str(path)  # a failed write names no file: this is the one
         raise
 
 
