@@ -30,16 +30,15 @@ from vggviz.core import files, lifecycle, memory
 from vggviz.core.errors import UsageError, VggvizError
 from vggviz.core.inputs import InputItem
 from vggviz.core.lifecycle import Events, Plan, Summary
-from vggviz.model.layers import ConvLayer
-from vggviz.model.loading import LoadedModel
 from vggviz.top import checkpoint
 from vggviz.top.checkpoint import Entry, Fingerprint, ScanState
 from vggviz.top.index_page import INDEX_NAME
 from vggviz.top.ranking import ChannelStats, TopK, channel_stats
 from vggviz.top.request import JOB, MATRIX_DIR, SCRATCH_PREFIX, TOP_JSON, TopOptions, TopRequest
-from vggviz.top.scan import claim_shard, merged_tops, partials, scan, write_matrix
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # torch: imported when a run needs it, so that refusals stay instant
+    from vggviz.model.layers import ConvLayer
+    from vggviz.model.loading import LoadedModel
     from vggviz.top.crops import LayerCrops
 
 FLOAT32_MAX = 3.4028234663852886e38
@@ -51,9 +50,6 @@ def run(request: TopRequest, events: Events | None = None, stdin: Any = None) ->
     """The job in one call, on the shared lifecycle (:mod:`vggviz.core.lifecycle`): check the
     options, plan the inputs (never inside ``out_dir``), prepare the output folder, load the
     model, then :func:`run_top`."""
-    from vggviz.model.layers import chosen_layers
-    from vggviz.model.loading import load
-
     events = events or Events()
     options = request.options
     options.check()
@@ -61,6 +57,10 @@ def run(request: TopRequest, events: Events | None = None, stdin: Any = None) ->
     memory.check_scan_memory(request.model.arch, options.size, batch_size=options.batch_size)
     if request.shard and request.merge:
         raise UsageError("a merge combines every shard's result and takes no shard", param="shard")
+
+    from vggviz.model.layers import chosen_layers
+    from vggviz.model.loading import load
+
     started = lifecycle.begin(request, JOB, events, lambda: load(request.model), stdin)
     plan, summary, loaded = started.plan, started.summary, started.model
     layers = chosen_layers(loaded.layers, request.layers, request.options.stage)
@@ -102,6 +102,8 @@ def run_top(
     followed through a link; before anything changes top.json and index.html go (they mark
     a finished run) and the scratch of dead runs is swept; top.json is written last. Any OS
     error is one line naming the path and the reason."""
+    from vggviz.top.scan import claim_shard, partials, scan
+
     options.check()
     items = plan.items
     if not items:
@@ -189,6 +191,7 @@ def _finish(
 ) -> Summary:
     from vggviz.top.crops import run_pass2
     from vggviz.top.pictures import draw_outputs
+    from vggviz.top.scan import merged_tops, write_matrix
 
     scanned = sum(state.scanned for _, state in parts)
     failed = [message for _, state in parts for message in state.failed]
