@@ -112,3 +112,14 @@ def test_importing_every_core_module_leaves_torch_out() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_the_command_line_starts_light() -> None:
+    """``vggviz --help`` loads click and the option vocabulary only: not torch, and not the
+    numpy and Pillow side of the library either (what a run needs it imports when it runs)."""
+    code = (
+        "import sys\nimport vggviz.cli\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'numpy', 'PIL'}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -25,22 +26,18 @@ from vggviz.cli.params import (
     quiet_option,
     shard_option,
 )
-from vggviz.cli.terminal import (
-    ExitCode,
-    Progress,
-    StopFlag,
-    finish,
-    handle_errors,
-    shown,
-)
+from vggviz.cli.terminal import ExitCode, handle_errors, run_job, shown
 from vggviz.core import vocabulary
 from vggviz.core.vocabulary import ARCHS, ModelSpec
 
+if TYPE_CHECKING:
+    from vggviz.core.lifecycle import Summary
 
-def _load(arch: str, weights: str, seed: int, device: str, precision: str):
+
+def _load(model: ModelSpec):
     from vggviz.model.loading import load
 
-    loaded, note = load(ModelSpec(arch, weights, seed, device, precision))
+    loaded, note = load(model)
     if note:
         click.echo(f"vggviz: {note}", err=True)
     return loaded
@@ -124,9 +121,7 @@ def info(arch: str, size: int) -> None:
 )
 @output_dir_option
 @handle_errors
-def filters(
-    arch, weights, seed, device, precision, layer, view, channel, cmap, scale, output_dir
-) -> None:
+def filters(model, layer, view, channel, cmap, scale, output_dir) -> None:
     """Draw a conv layer's kernels in a grid (conv1: 64 kernels, 8x8).
 
     \b
@@ -139,7 +134,7 @@ def filters(
     from vggviz.model.layers import select_layers
 
     _check_cmap(cmap)
-    loaded = _load(arch, weights, seed, device, precision)
+    loaded = _load(model)
     picked = select_layers(loaded.layers, layer)
     if len(picked) != 1:
         raise click.BadParameter(
@@ -216,33 +211,7 @@ def filters(
 @quiet_option
 @output_dir_option
 @handle_errors
-def features(
-    images,
-    arch,
-    weights,
-    seed,
-    device,
-    precision,
-    mode,
-    stage,
-    size,
-    normalize,
-    layer_spec,
-    select,
-    grid,
-    cmap,
-    scale,
-    overlay,
-    overview,
-    filters,
-    save_raw,
-    batch_size,
-    skip_existing,
-    shard,
-    as_json,
-    quiet,
-    output_dir,
-) -> None:
+def features(images, model, layer_spec, as_json, quiet, output_dir, **options) -> None:
     """Draw, for each image and each conv layer, a grid of the layer's feature maps.
 
     IMAGES are files or folders (walked recursively); - reads paths from stdin (one per line,
@@ -259,37 +228,17 @@ def features(
     from vggviz.features import job as job
 
     request = job.Request(
-        images=images,
-        out_dir=output_dir,
-        model=ModelSpec(arch, weights, seed, device, precision),
-        mode=mode,
-        stage=stage,
-        size=size,
-        normalize=normalize,
-        layers=layer_spec,
-        select=select,
-        grid=grid,
-        cmap=cmap,
-        scale=scale,
-        overlay=overlay,
-        overview=overview,
-        filters=filters,
-        save_raw=save_raw,
-        batch_size=batch_size,
-        skip_existing=skip_existing,
-        shard=shard,
+        images=images, out_dir=output_dir, model=model, layers=layer_spec, **options
     )
-    with StopFlag() as stop, Progress(stop, quiet, as_json) as progress:
-        summary = job.run(request, progress)
 
-    def closing() -> str:
+    def closing(summary: Summary) -> str:
         where = summary.index or request.out_dir
         return (
             f"{summary.line()} · pictures in {shown(str(request.out_dir))}{os.sep} · "
             f"open {shown(str(where))}"
         )
 
-    sys.exit(finish(summary, stop, quiet, closing))
+    sys.exit(run_job(job.run, request, closing, quiet=quiet, as_json=as_json))
 
 
 @cli.group(invoke_without_command=True)
@@ -398,27 +347,7 @@ def weights_import(file: Path) -> None:
 @quiet_option
 @output_dir_option
 @handle_errors
-def top(
-    images,
-    arch,
-    weights,
-    seed,
-    device,
-    precision,
-    stage,
-    size,
-    normalize,
-    layer_spec,
-    k,
-    reduce,
-    highlight,
-    batch_size,
-    checkpoint_every,
-    shard,
-    merge,
-    quiet,
-    output_dir,
-) -> None:
+def top(images, model, layer_spec, shard, merge, quiet, output_dir, **options) -> None:
     """For every channel, the K images of a folder that excite it most, each cropped to the
     receptive field of its strongest unit.
 
@@ -437,25 +366,14 @@ def top(
     request = job.TopRequest(
         images=images,
         out_dir=output_dir,
-        model=ModelSpec(arch, weights, seed, device, precision),
+        model=model,
         layers=layer_spec,
-        options=job.TopOptions(
-            stage=stage,
-            reduce=reduce,
-            k=k,
-            size=size,
-            normalize=normalize,
-            highlight=highlight,
-            batch_size=batch_size,
-            checkpoint_every=checkpoint_every,
-        ),
+        options=job.TopOptions(**options),
         shard=shard,
         merge=merge,
     )
-    with StopFlag() as stop, Progress(stop, quiet) as progress:
-        summary = job.run(request, progress)
 
-    def closing() -> str:
+    def closing(summary: Summary) -> str:
         outputs = summary.outputs
         if "partial" in outputs:
             where = f"partial result in {shown(str(outputs['partial']))}{os.sep}"
@@ -463,4 +381,4 @@ def top(
         index = f" · open {shown(str(summary.index))}" if summary.index else ""
         return f"{summary.line()} · {shown(str(outputs['result']))}{index}"
 
-    sys.exit(finish(summary, stop, quiet, closing))
+    sys.exit(run_job(job.run, request, closing, quiet=quiet))

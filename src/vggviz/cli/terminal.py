@@ -13,13 +13,15 @@ import sys
 import time
 from collections.abc import Callable
 from enum import IntEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from vggviz.cli.params import flag
 from vggviz.core.errors import UsageError, VggvizError
-from vggviz.core.lifecycle import Events, Summary
+
+if TYPE_CHECKING:
+    from vggviz.core.lifecycle import Events, Summary
 
 
 class ExitCode(IntEnum):
@@ -103,10 +105,11 @@ class StopFlag:
 _LABELS = {"crops": "crops (inputs run again)", "pictures": "pictures (channels)"}
 
 
-class Progress(Events):
-    """A run's events on stderr: a progress bar per phase (on a terminal), errors always,
-    notes unless quiet; with ``as_json`` each record as one line on stdout. Asks the
-    :class:`StopFlag` whether to stop."""
+class Progress:
+    """A run's events (:class:`vggviz.core.lifecycle.Events`, every method of it) on stderr: a
+    progress bar per phase (on a terminal), errors always, notes unless quiet; with
+    ``as_json`` each record as one line on stdout. Asks the :class:`StopFlag` whether to
+    stop. Not a subclass, so that ``--help`` never imports the library's numpy side."""
 
     def __init__(self, stop: StopFlag, quiet: bool = False, as_json: bool = False) -> None:
         self.stop, self.quiet, self.as_json = stop, quiet, as_json
@@ -218,6 +221,22 @@ def finish(summary: Summary, stop: StopFlag, quiet: bool, closing: Callable[[], 
     elif summary.failed:
         click.echo(summary.line(), err=True)
     return ExitCode.FAILED if summary.failed else ExitCode.OK
+
+
+def run_job(
+    run: Callable[[Any, Events], Summary],
+    request: Any,
+    closing: Callable[[Summary], str],
+    *,
+    quiet: bool = False,
+    as_json: bool = False,
+) -> ExitCode:
+    """One job's run as every command runs it: signals become the stop flag, events become
+    progress on stderr (and records JSON lines on stdout), and the summary an exit code, with
+    ``closing(summary)`` as the last line."""
+    with StopFlag() as stop, Progress(stop, quiet, as_json) as progress:
+        summary = run(request, progress)
+    return finish(summary, stop, quiet, lambda: closing(summary))
 
 
 def silence_stdout() -> None:
