@@ -41,8 +41,6 @@ if TYPE_CHECKING:  # torch: imported when a run needs it, so that refusals stay 
     from vggviz.model.loading import LoadedModel
     from vggviz.top.crops import LayerCrops
 
-FLOAT32_MAX = 3.4028234663852886e38
-
 __all__ = ["TopOptions", "TopRequest", "run", "run_top"]
 
 
@@ -247,7 +245,7 @@ def _number(value: float) -> float:
     """Six significant digits: what float32 values mean, without their noise; within
     float32's range, so that JSON can hold it (the scan clamps values already)."""
     if not math.isfinite(value):
-        value = 0.0 if math.isnan(value) else math.copysign(FLOAT32_MAX, value)
+        value = 0.0 if math.isnan(value) else math.copysign(float(np.finfo(np.float32).max), value)
     return float(f"{value:.6g}")
 
 
