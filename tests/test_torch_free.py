@@ -50,6 +50,7 @@ def _run(*argv: str) -> tuple[bool, int, str]:
         ["filters", "--help"],
         ["info", "--help"],
         ["weights", "--help"],
+        ["top", "--help"],
         ["features", "x.jpg", "--grid", "0x0"],
         ["features", "x.jpg", "--grid", "bogus"],
         ["features", "x.jpg", "--mode", "bogus"],
@@ -60,10 +61,17 @@ def _run(*argv: str) -> tuple[bool, int, str]:
         ["features", "x.jpg", "--shard", "4/3"],
         ["features", "x.jpg", "--shard", "1/" + "9" * 240],
         ["features"],
+        ["top", "x.jpg", "--reduce", "median"],
+        ["top", "x.jpg", "-k", "0"],
+        ["top", "x.jpg", "--shard", "0/3"],
+        ["top", "x.jpg", "--size", "8"],
+        ["top", "x.jpg", "--merge", "--shard", "1/2"],
+        ["top"],
     ],
 )
 def test_help_and_usage_errors_never_import_torch(tmp_path, argv) -> None:
-    if argv[:2] == ["features", "x.jpg"]:  # never the default imagenet: no download, ever
+    if argv[:1] in (["features"], ["top"]) and argv[1:2] == ["x.jpg"]:  # never imagenet: no
+        # download, ever
         argv = [*argv, "--weights", str(tmp_path / "absent.pth"), "-o", str(tmp_path / "out")]
     imported, code, stderr = _run(*argv)
     assert code == (0 if "--help" in argv or "--version" in argv else 2), stderr
@@ -78,6 +86,7 @@ def test_help_and_usage_errors_never_import_torch(tmp_path, argv) -> None:
         ["features", "x.jpg", "--grid", "1x1000000000"],
         ["features", "x.jpg", "--seed", "99999999999999999999999"],
         ["features", "x.jpg", "--size", "4000", "--mode", "chain"],
+        ["top", "x.jpg", "--size", "4096", "--batch-size", "256"],
     ],
 )
 def test_absurd_values_are_refused_before_torch(tmp_path, argv) -> None:

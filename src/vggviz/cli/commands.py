@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -28,24 +29,19 @@ from vggviz.cli.params import (
     shard_option,
     trust_option,
 )
-from vggviz.cli.terminal import (
-    ExitCode,
-    Progress,
-    StopFlag,
-    finish,
-    handle_errors,
-    shown,
-    stop_point,
-)
+from vggviz.cli.terminal import ExitCode, handle_errors, run_job, shown, stop_point
 from vggviz.core import vocabulary
 from vggviz.core.vocabulary import ARCHS, ModelSpec
 
+if TYPE_CHECKING:
+    from vggviz.core.lifecycle import Summary
 
-def _load(spec: ModelSpec):
+
+def _load(model: ModelSpec):
     from vggviz.model.loading import load
 
     stop_point()  # a signal while torch was imported ends the command here, never inside
-    loaded, note = load(spec)
+    loaded, note = load(model)
     stop_point()
     if note:
         click.echo(f"vggviz: {note}", err=True)
@@ -153,20 +149,7 @@ def info(
 )
 @output_dir_option
 @handle_errors
-def filters(
-    arch,
-    weights,
-    trust_checkpoint,
-    seed,
-    device,
-    precision,
-    layer,
-    view,
-    channel,
-    cmap,
-    scale,
-    output_dir,
-) -> None:
+def filters(model, layer, view, channel, cmap, scale, output_dir) -> None:
     """Draw a conv layer's kernels in a grid (conv1: 64 kernels, 8x8).
 
     \b
@@ -179,7 +162,7 @@ def filters(
     from vggviz.model.layers import select_layers
 
     _check_cmap(cmap)
-    loaded = _load(ModelSpec(arch, weights, seed, device, precision, trust_checkpoint))
+    loaded = _load(model)
     picked = select_layers(loaded.layers, layer)
     if len(picked) != 1:
         raise click.BadParameter(
@@ -258,34 +241,7 @@ def filters(
 @quiet_option
 @output_dir_option
 @handle_errors
-def features(
-    images,
-    arch,
-    weights,
-    trust_checkpoint,
-    seed,
-    device,
-    precision,
-    mode,
-    stage,
-    size,
-    normalize,
-    layer_spec,
-    select,
-    grid,
-    cmap,
-    scale,
-    overlay,
-    overview,
-    filters,
-    save_raw,
-    batch_size,
-    skip_existing,
-    shard,
-    as_json,
-    quiet,
-    output_dir,
-) -> None:
+def features(images, model, layer_spec, as_json, quiet, output_dir, **options) -> None:
     """Draw, for each image and each conv layer, a grid of the layer's feature maps.
 
     IMAGES are files or folders (walked recursively); - reads paths from stdin (one per line,
@@ -302,37 +258,17 @@ def features(
     from vggviz.features import job as job
 
     request = job.Request(
-        images=images,
-        out_dir=output_dir,
-        model=ModelSpec(arch, weights, seed, device, precision, trust_checkpoint),
-        mode=mode,
-        stage=stage,
-        size=size,
-        normalize=normalize,
-        layers=layer_spec,
-        select=select,
-        grid=grid,
-        cmap=cmap,
-        scale=scale,
-        overlay=overlay,
-        overview=overview,
-        filters=filters,
-        save_raw=save_raw,
-        batch_size=batch_size,
-        skip_existing=skip_existing,
-        shard=shard,
+        images=images, out_dir=output_dir, model=model, layers=layer_spec, **options
     )
-    with StopFlag() as stop, Progress(stop, quiet, as_json) as progress:
-        summary = job.run(request, progress)
 
-    def closing() -> str:
+    def closing(summary: Summary) -> str:
         where = summary.index or request.out_dir
         return (
             f"{summary.line()} · pictures in {shown(str(request.out_dir))}{os.sep} · "
             f"open {shown(str(where))}"
         )
 
-    sys.exit(finish(summary, stop, quiet, closing))
+    sys.exit(run_job(job.run, request, closing, quiet=quiet, as_json=as_json))
 
 
 @cli.group(invoke_without_command=True)
@@ -441,28 +377,7 @@ def weights_import(file: Path) -> None:
 @quiet_option
 @output_dir_option
 @handle_errors
-def top(
-    images,
-    arch,
-    weights,
-    trust_checkpoint,
-    seed,
-    device,
-    precision,
-    stage,
-    size,
-    normalize,
-    layer_spec,
-    k,
-    reduce,
-    highlight,
-    batch_size,
-    checkpoint_every,
-    shard,
-    merge,
-    quiet,
-    output_dir,
-) -> None:
+def top(images, model, layer_spec, shard, merge, quiet, output_dir, **options) -> None:
     """For every channel, the K images of a folder that excite it most, each cropped to the
     receptive field of its strongest unit.
 
@@ -481,25 +396,14 @@ def top(
     request = job.TopRequest(
         images=images,
         out_dir=output_dir,
-        model=ModelSpec(arch, weights, seed, device, precision, trust_checkpoint),
+        model=model,
         layers=layer_spec,
-        options=job.TopOptions(
-            stage=stage,
-            reduce=reduce,
-            k=k,
-            size=size,
-            normalize=normalize,
-            highlight=highlight,
-            batch_size=batch_size,
-            checkpoint_every=checkpoint_every,
-        ),
+        options=job.TopOptions(**options),
         shard=shard,
         merge=merge,
     )
-    with StopFlag() as stop, Progress(stop, quiet) as progress:
-        summary = job.run(request, progress)
 
-    def closing() -> str:
+    def closing(summary: Summary) -> str:
         outputs = summary.outputs
         if "partial" in outputs:
             where = f"partial result in {shown(str(outputs['partial']))}{os.sep}"
@@ -507,4 +411,4 @@ def top(
         index = f" · open {shown(str(summary.index))}" if summary.index else ""
         return f"{summary.line()} · {shown(str(outputs['result']))}{index}"
 
-    sys.exit(finish(summary, stop, quiet, closing))
+    sys.exit(run_job(job.run, request, closing, quiet=quiet))

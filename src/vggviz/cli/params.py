@@ -7,6 +7,7 @@ BadParameter, which names the option (exit 2). Library messages never spell a fl
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ import click
 from vggviz.core import values as checks
 from vggviz.core import vocabulary
 from vggviz.core.errors import UsageError
-from vggviz.core.vocabulary import ARCHS
+from vggviz.core.vocabulary import ARCHS, ModelSpec
 
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 
@@ -176,7 +177,15 @@ def input_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
 def model_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """--arch, --weights, --trust-checkpoint, --seed, --device, --precision: shared by every
-    model command."""
+    model command, which gets them as one ``model`` (a ModelSpec)."""
+
+    @functools.wraps(func)
+    def with_model(
+        *args: Any, arch, weights, trust_checkpoint, seed, device, precision, **kwargs: Any
+    ) -> Any:
+        spec = ModelSpec(arch, weights, seed, device, precision, trust_checkpoint)
+        return func(*args, model=spec, **kwargs)
+
     options = [
         model_arch_option,
         click.option(
@@ -212,4 +221,4 @@ def model_options(func: Callable[..., Any]) -> Callable[..., Any]:
             help="Arithmetic of the forward pass.",
         ),
     ]
-    return stacked(options, func)
+    return stacked(options, with_model)

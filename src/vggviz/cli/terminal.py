@@ -11,7 +11,7 @@ import sys
 import time
 from collections.abc import Callable
 from enum import IntEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -21,7 +21,9 @@ from vggviz.cli.process import Terminated as Terminated
 from vggviz.cli.process import silence_stdout
 from vggviz.cli.process import stop_point as stop_point
 from vggviz.core.errors import UsageError, VggvizError
-from vggviz.core.lifecycle import Events, Summary
+
+if TYPE_CHECKING:
+    from vggviz.core.lifecycle import Events, Summary
 
 
 class ExitCode(IntEnum):
@@ -83,10 +85,11 @@ def reason(err: OSError) -> str:
 _LABELS = {"crops": "crops (inputs run again)", "pictures": "pictures (channels)"}
 
 
-class Progress(Events):
-    """A run's events on stderr: a progress bar per phase (on a terminal), errors always,
-    notes unless quiet; with ``as_json`` each record as one line on stdout. Asks the
-    :class:`StopFlag` whether to stop."""
+class Progress:
+    """A run's events (:class:`vggviz.core.lifecycle.Events`, every method of it) on stderr: a
+    progress bar per phase (on a terminal), errors always, notes unless quiet; with
+    ``as_json`` each record as one line on stdout. Asks the :class:`StopFlag` whether to
+    stop. Not a subclass, so that ``--help`` never imports the library's numpy side."""
 
     def __init__(self, stop: StopFlag, quiet: bool = False, as_json: bool = False) -> None:
         self.stop, self.quiet, self.as_json = stop, quiet, as_json
@@ -207,3 +210,19 @@ def finish(summary: Summary, stop: StopFlag, quiet: bool, closing: Callable[[], 
     elif summary.failed:
         click.echo(summary.line(), err=True)
     return ExitCode.FAILED if summary.failed else ExitCode.OK
+
+
+def run_job(
+    run: Callable[[Any, Events], Summary],
+    request: Any,
+    closing: Callable[[Summary], str],
+    *,
+    quiet: bool = False,
+    as_json: bool = False,
+) -> ExitCode:
+    """One job's run as every command runs it: signals become the stop flag, events become
+    progress on stderr (and records JSON lines on stdout), and the summary an exit code, with
+    ``closing(summary)`` as the last line."""
+    with StopFlag() as stop, Progress(stop, quiet, as_json) as progress:
+        summary = run(request, progress)
+    return finish(summary, stop, quiet, lambda: closing(summary))

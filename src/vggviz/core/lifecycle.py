@@ -32,7 +32,7 @@ import fnmatch
 import os
 import stat
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Generic, Protocol, TypeVar
@@ -300,6 +300,17 @@ def real_folder(path: Path, out_dir: Path) -> Path:
         if not stat.S_ISDIR(st.st_mode):
             raise OutputError(f"{display(str(current))}: is not a folder")
     return path
+
+
+@contextlib.contextmanager
+def os_errors(out_dir: Path) -> Iterator[None]:
+    """Any OS error of the block as an OutputError of one line naming the path (the file it
+    concerns, else ``out_dir``) and the reason, never "cannot write to standard output"."""
+    try:
+        yield
+    except OSError as err:
+        where = err.filename2 or err.filename or out_dir  # os.replace: the final name
+        raise OutputError(write_error(where, err)) from None
 
 
 class OutputClaim:

@@ -1,10 +1,11 @@
-"""Will a run fit in memory? An upper bound on a ``features`` run's peak memory, worked out
-from the architecture's channel table before anything is loaded, and the memory there is.
+"""Will a run fit in memory? An upper bound on a run's peak memory (``features``, and ``top``'s
+scan and pass 2), worked out from the architecture's channel table before anything is loaded,
+and the memory there is.
 
 Torch-free: a ``--size`` whose maps cannot fit is refused in a fraction of a second, instead
 of after loading torch and the model, filling the machine and dying in a RuntimeError.
 
-The bound counts what the engine holds at its worst moment (see ``pipeline.py``):
+The bound counts what the features engine holds at its worst moment (``features/engine.py``):
 
 - network mode: every selected layer's map of the batch, cloned by the hooks and waiting for
   the drawing thread (which is slower than the forward at large sizes), plus about one more
@@ -90,12 +91,7 @@ def estimate_peak_bytes(
     process that holds them already. Maps count as float32 whatever the precision: the
     drawing side converts them.
     """
-    if arch not in vocabulary.ARCHS:
-        raise UsageError(
-            f"unknown {arch!r}: expected one of {', '.join(vocabulary.ARCHS)}", param="arch"
-        )
-    if mode not in vocabulary.MODES:
-        raise UsageError(f"{mode!r}: expected one of {', '.join(vocabulary.MODES)}", param="mode")
+    _check_arch(arch, mode)
     maps = _layer_maps(arch, height, width, mode)[:layers]
     tiles = tiles if tiles is not None else max((c for c, _, _ in maps), default=0)
     sizes = [4 * c * h * w for c, h, w in maps]  # float32 bytes of each map, one image
@@ -108,6 +104,15 @@ def estimate_peak_bytes(
     pictures = sum(_picture_bytes(c, h, w, tiles) for c, h, w in maps)
     raw = RAW_COPIES * widest if save_raw else 0
     return int((BASELINE if baseline else 0) + held + drawing + pictures + raw)
+
+
+def _check_arch(arch: str, mode: str) -> None:
+    if arch not in vocabulary.ARCHS:
+        raise UsageError(
+            f"unknown {arch!r}: expected one of {', '.join(vocabulary.ARCHS)}", param="arch"
+        )
+    if mode not in vocabulary.MODES:
+        raise UsageError(f"{mode!r}: expected one of {', '.join(vocabulary.MODES)}", param="mode")
 
 
 def available_bytes() -> int | None:
@@ -190,6 +195,29 @@ def check_fits(estimate: int, available: int | None, *, what: str = "this run") 
         f"is available; use a smaller size or batch, or set {FORCE_ENV}=1 to try anyway",
         param="size",
     )
+
+
+def estimate_scan_bytes(
+    arch: str, height: int, width: int, *, batch_size: int = 1, baseline: bool = True
+) -> int:
+    """An upper bound on the peak memory (bytes) of a ``top`` run over ``height`` x ``width``
+    images: its scan keeps no map (hooks reduce each at once) but the forward's own tensors
+    for a batch; pass 2 keeps every conv layer's map of one image at once."""
+    maps = _layer_maps(arch, height, width, "network")
+    sizes = [4 * c * h * w for c, h, w in maps]
+    widest = max(sizes, default=0)
+    scan = (1 + FORWARD_COPIES) * widest * batch_size
+    rerun = sum(sizes) + FORWARD_COPIES * widest
+    return int((BASELINE if baseline else 0) + max(scan, rerun))
+
+
+def check_scan_memory(arch: str, size: int, *, batch_size: int = 1) -> int:
+    """:func:`check_memory` for a ``top`` run (see :func:`estimate_scan_bytes`)."""
+    _check_arch(arch, "network")
+    estimate = estimate_scan_bytes(arch, size, size, batch_size=batch_size)
+    if not check_disabled():
+        check_fits(estimate, available_bytes(), what=f"a run at {size}x{size} pixels")
+    return estimate
 
 
 def check_memory(

@@ -17,32 +17,50 @@ keeps the rule too: one from a drawing step fails its image (an error record), o
 the run (the caller's ``on_record`` raising, a bug) discards every image not yet finished
 before it leaves the engine.
 
-How a new per-image job plugs in (``explain`` as the example)::
+How a new per-image job plugs in (``explain`` as the example; names are free)::
 
-    class ExplainOutput(per_image.ImageOutput):
-        def draw(self, scores, heat) -> None:       # runs on the drawing thread
-            if self.live:
+    class ExplainOutput(per_image.ImageOutput):      # one photo's outputs
+        def draw(self, scores, heat) -> None:        # runs on the drawing thread, in order
+            if self.live:                            # False after an error or a stop
                 self.save(picture(self.photo, scores, heat), self.folder / "explain.png")
-                self.scores = scores
-        def fields(self) -> dict:                   # the job's part of record.json
+                self.scores = scores                 # (save encodes on an encoder thread;
+                                                     #  its OSError fails the image)
+        def fields(self) -> dict:                    # the job's part of record.json
             return {"classes": self.scores}
 
-    class ExplainWork(per_image.ImageWork):
+    class ExplainWork(per_image.ImageWork):          # the job's side of the engine
         output_type = ExplainOutput
-        def owns(self, name) -> bool:                # files it writes in an image folder
+        empty = {"classes": []}                      # its fields in error and skipped records
+        def owns(self, name) -> bool:                 # files it writes in an image folder
             return name in ("explain.png", "scores.npz")
         def process(self, batch) -> None:            # main thread: the model's work
-            x = torch.from_numpy(batch.arrays()).to(device)
-            ...                                       # forwards, gradients; poll batch.stopping()
+            x = torch.from_numpy(batch.arrays()).to(device)   # (N, 3, H, W) float32
+            ...                                       # forwards, gradients; between steps:
+            if batch.stopping():                      #   a stop was asked for
+                return batch.abandon()                #   every image discarded, no record
             for out, s, h in zip(batch.outputs, scores, heats):
                 batch.draw(out.draw, s, h)
 
-    summary = lifecycle.report(plan, events)
-    per_image.run_images(work, per_image.pairs(plan, out_dir), out_dir, plan.shard, events,
-                         summary, index=write_my_index)
+    def run(request, events=None, stdin=None) -> Summary:
+        events = events or Events()
+        ...                                           # checks that need no torch (memory)
+        started = lifecycle.begin(request, "explain", events, lambda: load(request.model), stdin)
+        work = ExplainWork(fingerprint=folders.fingerprint({...every shaping option,
+                           **lifecycle.model_identity(request.model)}), size=request.size,
+                           normalize=..., batch_size=..., skip_existing=...)
+        return per_image.run_images(work, per_image.pairs(started.plan, request.out_dir),
+                                    request.out_dir, started.plan.shard, events,
+                                    started.summary, index=write_index)
 
-``run_images`` claims the run's manifest name, writes ``manifest.jsonl`` as records come and
-the job's index page last, and fills the :class:`~vggviz.core.lifecycle.Summary`.
+``index(out_dir, records, name, figures)`` writes the run's page (``name`` is
+``index.html``, or ``index-2.html`` beside another live run) and returns its path;
+``before(suffix)`` may draw run-wide pictures first and return them as figures. A job's
+``request`` needs ``images``, ``out_dir`` and ``shard`` (:class:`lifecycle.Request`), and its
+``output_type.__init__`` gets ``(prepared, work, encoder, on_disk_full)``. ``run_images``
+claims the run's manifest name, writes ``manifest.jsonl`` as records come and the index
+last, reports each record through ``events.record`` and fills the
+:class:`~vggviz.core.lifecycle.Summary`. A job adds its name and the names of its run files
+to ``vocabulary.JOB_FILES`` so that no other job writes into its folders.
 """
 
 from __future__ import annotations
@@ -57,6 +75,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, ClassVar
 
 import numpy as np
@@ -70,6 +89,7 @@ from vggviz.core.lifecycle import Events, Plan, Summary
 from vggviz.core.text import display, first_line, write_error
 
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+NOTHING: Mapping[str, Any] = MappingProxyType({})
 
 Figure = tuple[str, Path]  # a run-wide picture for the index: (caption, path)
 Writer = Callable[[Image.Image, Path], Path]  # files.save_png, files.save_jpeg
@@ -241,7 +261,7 @@ class ImageWork:
 
     output_type: ClassVar[type[ImageOutput]] = ImageOutput
     backlog: int = 8  # drawing steps waiting at most; bounds the memory of maps in flight
-    empty: ClassVar[Mapping[str, Any]] = {}  # the job's fields of a record without outputs
+    empty: ClassVar[Mapping[str, Any]] = MappingProxyType({})  # job fields of an empty record
 
     def __init__(
         self,
@@ -304,7 +324,7 @@ class Batch:
 
 
 def error_record(
-    item: InputItem, message: str, empty: Mapping[str, Any] = {}, disk_full: bool = False
+    item: InputItem, message: str, empty: Mapping[str, Any] = NOTHING, disk_full: bool = False
 ) -> Record:
     record: Record = {"input": str(item.path), "status": "error", "error": message}
     if disk_full:
@@ -317,7 +337,7 @@ def skipped_record(
     folder: Path,
     reason: str,
     earlier: Record | None,
-    empty: Mapping[str, Any] = {},
+    empty: Mapping[str, Any] = NOTHING,
 ) -> Record:
     """An input not redone: ``earlier`` is the finished record it matched, if any."""
     base = earlier or {"folder": str(folder), "outputs": [], **empty}

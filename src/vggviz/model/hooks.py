@@ -46,7 +46,8 @@ def capture(
       over as is.
     - ``reduce`` ("max" or "mean"): each (B, C, H, W) map becomes, in the dict, (values (B, C)
       float32, flat argmax (B, C) int64) at once, and no map is kept. Reading the map inside
-      the hook needs no clone: VGG's in-place ReLU runs later.
+      the hook needs no clone: VGG's in-place ReLU runs later. Values stay within float32's
+      range (:func:`finite`), so a ranking or a JSON file never holds inf or NaN.
 
     The last hook raises to end the forward; run it with :func:`forward`.
     """
@@ -87,7 +88,14 @@ def _reduced(output: torch.Tensor, reduce: str) -> Reduced:
         values, where = flat.max(dim=2)
     else:
         values, where = flat.mean(dim=2, dtype=torch.float32), flat.argmax(dim=2)
-    return values.float().cpu().numpy(), where.cpu().numpy()
+    return finite(values.float().cpu().numpy()), where.cpu().numpy()
+
+
+def finite(values: np.ndarray) -> np.ndarray:
+    """float32 values within float32's range: inf (weights that overflow) becomes the largest
+    float32 and NaN the lowest, so that a ranking stays total and JSON can hold every value."""
+    top = np.finfo(np.float32).max
+    return np.nan_to_num(values.astype(np.float32, copy=False), nan=-top, posinf=top, neginf=-top)
 
 
 def forward(model: nn.Module, x: torch.Tensor) -> None:

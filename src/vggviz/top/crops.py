@@ -23,11 +23,12 @@ import torch
 from vggviz.core import images
 from vggviz.core.errors import InputError
 from vggviz.core.inputs import InputItem
-from vggviz.model.hooks import network_maps
+from vggviz.model.hooks import finite, network_maps
 from vggviz.model.layers import ConvLayer
 from vggviz.model.loading import LoadedModel
 from vggviz.model.receptive import ReceptiveField, layer_field
 from vggviz.top.ranking import NO_INPUT, TopK
+from vggviz.top.request import SCRATCH_PREFIX
 
 if TYPE_CHECKING:
     from vggviz.core.lifecycle import Events
@@ -180,7 +181,7 @@ def run_pass2(
         for c, r in zip(*np.nonzero(top.inputs != NO_INPUT), strict=True):
             wanted[int(top.inputs[c, r])].append((layer, int(c), int(r)))
     out_dir.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=".top-crops-", dir=out_dir))
+    scratch = Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX, dir=out_dir))
     crops = Crops({}, len(wanted), scratch)
     try:
         for layer in layers:
@@ -221,7 +222,7 @@ def _rerun(
     x = torch.from_numpy(array)[None]
     needed = sorted({layer for layer, _, _ in jobs}, key=lambda la: la.index)
     maps = network_maps(loaded.model, needed, x.to(loaded.device, loaded.dtype), options.stage)
-    arrays = {alias: m[0].float().cpu().numpy() for alias, m in maps.items()}
+    arrays = {alias: finite(m[0].float().cpu().numpy()) for alias, m in maps.items()}
     for layer, c, r in jobs:
         fmap = arrays[layer.alias][c]
         recorded = float(tops[layer.alias].values[c, r])

@@ -14,27 +14,31 @@ last, top.json are written.
 
 from __future__ import annotations
 
+import math
+import os
+import shutil
 import time
 from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from vggviz.core import files, lifecycle
+from vggviz.core import files, lifecycle, memory
 from vggviz.core.errors import UsageError, VggvizError
 from vggviz.core.inputs import InputItem
 from vggviz.core.lifecycle import Events, Plan, Summary
-from vggviz.model.layers import ConvLayer
-from vggviz.model.loading import LoadedModel
 from vggviz.top import checkpoint
-from vggviz.top.checkpoint import Fingerprint, ScanState
+from vggviz.top.checkpoint import Entry, Fingerprint, ScanState
+from vggviz.top.index_page import INDEX_NAME
 from vggviz.top.ranking import ChannelStats, TopK, channel_stats
-from vggviz.top.request import JOB, TOP_JSON, TopOptions, TopRequest
-from vggviz.top.scan import merged_tops, partials, scan, write_matrix
+from vggviz.top.request import JOB, MATRIX_DIR, SCRATCH_PREFIX, TOP_JSON, TopOptions, TopRequest
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # torch: imported when a run needs it, so that refusals stay instant
+    from vggviz.model.layers import ConvLayer
+    from vggviz.model.loading import LoadedModel
     from vggviz.top.crops import LayerCrops
 
 __all__ = ["TopOptions", "TopRequest", "run", "run_top"]
@@ -44,13 +48,19 @@ def run(request: TopRequest, events: Events | None = None, stdin: Any = None) ->
     """The job in one call, on the shared lifecycle (:mod:`vggviz.core.lifecycle`): check the
     options, plan the inputs (never inside ``out_dir``), prepare the output folder, load the
     model, then :func:`run_top`."""
+    events = events or Events()
+    options = request.options
+    options.check()
+    # before anything heavy is loaded: a size of 4096 must not end in an allocation error
+    memory.check_scan_memory(
+        request.model.arch_bound(), options.size, batch_size=options.batch_size
+    )
+    if request.shard and request.merge:
+        raise UsageError("a merge combines every shard's result and takes no shard", param="shard")
+
     from vggviz.model.layers import chosen_layers
     from vggviz.model.loading import load
 
-    events = events or Events()
-    request.options.check()
-    if request.shard and request.merge:
-        raise UsageError("a merge combines every shard's result and takes no shard", param="shard")
     started = lifecycle.begin(request, JOB, events, lambda: load(request.model), stdin)
     plan, summary, loaded = started.plan, started.summary, started.model
     layers = chosen_layers(loaded.layers, request.layers, request.options.stage)
@@ -85,7 +95,15 @@ def run_top(
     ``plan.shard`` only that part is scanned and the partial result is left in ``out_dir``;
     with ``merge`` the partial results of every shard in ``out_dir`` are combined instead of
     scanning. Otherwise the scan (resumed from its checkpoint when there is one) is followed
-    by pass 2 and all outputs."""
+    by pass 2 and all outputs.
+
+    The output folder's contract: a shard holds its own scan folder, a full run or a merge
+    the whole folder (a second live run is refused, naming its pid); no folder of top's is
+    followed through a link; before anything changes top.json and index.html go (they mark
+    a finished run) and the scratch of dead runs is swept; top.json is written last. Any OS
+    error is one line naming the path and the reason."""
+    from vggviz.top.scan import claim_shard, partials, scan
+
     options.check()
     items = plan.items
     if not items:
@@ -95,25 +113,59 @@ def run_top(
     summary.unit, summary.done_word, summary.skips = "input(s)", "scanned", False
     summary.resume = "run the same command again to resume the scan"
     events.start(len(plan.mine))
-    fingerprint = Fingerprint.of(_fingerprint_options(model, layers, options), _paths(items))
-    if merge:
-        parts = partials(out_dir, fingerprint)
-    else:
-        folder = checkpoint.scan_dir(out_dir, plan.shard)
-        state = scan(loaded, layers, plan.work(), options, folder, fingerprint, plan.shard, events)
-        summary.ok, summary.error = state.scanned, len(state.failed)
-        if not state.complete:
-            summary.complete = False
-            return summary
+    entries = [_entry(item) for item in items]
+    fingerprint = Fingerprint.of(_fingerprint_options(model, layers, options), entries)
+    with ExitStack() as held, lifecycle.os_errors(out_dir):
         if plan.shard:
-            summary.outputs["partial"] = folder
-            return summary
-        parts = [(folder, state)]
-    return _finish(loaded, layers, items, options, out_dir, parts, events, summary)
+            held.enter_context(claim_shard(out_dir, plan.shard))
+        else:
+            held.enter_context(lifecycle.claim_outputs(out_dir, JOB, "top's outputs"))
+            _unfinish(out_dir, merge)
+        if merge:
+            parts = partials(out_dir, fingerprint, entries, plan, layers, held)
+        else:
+            folder = lifecycle.real_folder(checkpoint.scan_dir(out_dir, plan.shard), out_dir)
+            work = plan.work()
+            state = scan(
+                loaded, layers, work, options, folder, fingerprint, entries, plan.shard, events
+            )
+            summary.ok, summary.error = state.scanned, len(state.failed)
+            if not state.complete:
+                summary.complete = False
+                return summary
+            if plan.shard:
+                summary.outputs["partial"] = folder
+                return summary
+            parts = [(folder, state)]
+        return _finish(loaded, layers, items, options, out_dir, parts, events, summary)
 
 
-def _paths(items: Sequence[InputItem]) -> list[str]:
-    return [f"{item.source}\0{item.rel}\0{item.path}" for item in items]
+def _unfinish(out_dir: Path, merge: bool) -> None:
+    """Before a full run or a merge changes anything: its folders real (never a planted
+    link), the marks of a finished run gone, the scratch and temporaries of dead runs swept
+    (the claim on the folder says no live run owns them)."""
+    from vggviz.top.pictures import PAGES_DIR, STRIPS_DIR
+
+    names = [MATRIX_DIR, PAGES_DIR, STRIPS_DIR] + ([] if merge else [checkpoint.SCAN_DIR])
+    for name in names:
+        lifecycle.real_folder(out_dir / name, out_dir)
+    for name in (TOP_JSON, INDEX_NAME):
+        (out_dir / name).unlink(missing_ok=True)
+    files.clean_temporaries(out_dir)
+    for entry in os.scandir(out_dir):
+        if entry.name.startswith(SCRATCH_PREFIX):
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)  # removes links inside, never what they point to
+            else:
+                os.unlink(entry.path)
+
+
+def _entry(item: InputItem) -> Entry:
+    """An input as the scan's fingerprint knows it: where it was found and, when it can be
+    read, its real path, size and mtime (a file changed or mended is another input)."""
+    ident = lifecycle.identity(item.path)
+    where = [str(item.path), item.source, str(item.rel)]
+    return where if ident is None else [*where, ident["path"], ident["size"], ident["mtime_ns"]]
 
 
 def _fingerprint_options(
@@ -139,12 +191,18 @@ def _finish(
 ) -> Summary:
     from vggviz.top.crops import run_pass2
     from vggviz.top.pictures import draw_outputs
+    from vggviz.top.scan import merged_tops, write_matrix
 
     scanned = sum(state.scanned for _, state in parts)
     failed = [message for _, state in parts for message in state.failed]
     if scanned == 0:
         raise VggvizError("no input could be read; nothing to rank")
     summary.ok, summary.error = scanned, len(failed)
+    if scanned < options.k:
+        events.note(
+            f"{scanned} input(s) scanned, fewer than the {options.k} per channel asked for: "
+            f"each channel shows {scanned}"
+        )
     tops = merged_tops(parts)
     matrices = write_matrix(parts, layers, items, out_dir)
     started = time.perf_counter()
@@ -161,7 +219,7 @@ def _finish(
         "normalize": options.normalize,
         "images": scanned,
         "failed": len(failed),
-        "k": options.k,
+        "k": min(options.k, scanned),  # the slots every picture has
         "layers": {},
     }
     try:
@@ -186,7 +244,10 @@ def _finish(
 
 
 def _number(value: float) -> float:
-    """Six significant digits: what float32 values mean, without their noise."""
+    """Six significant digits: what float32 values mean, without their noise; within
+    float32's range, so that JSON can hold it (the scan clamps values already)."""
+    if not math.isfinite(value):
+        value = 0.0 if math.isnan(value) else math.copysign(float(np.finfo(np.float32).max), value)
     return float(f"{value:.6g}")
 
 

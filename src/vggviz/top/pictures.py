@@ -10,7 +10,10 @@ index.html from pass 2's crops. numpy and Pillow only: no torch, no click.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import re
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -20,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from vggviz.core import drawing, files
+from vggviz.core import drawing, files, lifecycle
 from vggviz.core.drawing import BACKGROUND, FOREGROUND, MUTED, PAD
 
 if TYPE_CHECKING:
@@ -44,6 +47,9 @@ EMPTY = (40, 40, 46)  # a slot with no image (fewer images than K)
 PAGES_DIR = "top-pages"
 STRIPS_DIR = "top-strips"
 DRAW_GROUP = 32  # channels whose crops and pages are in memory at once while drawing
+_PAGE = re.compile(r"\d\d-conv\d+-\d\d+\.(jpg|png)")  # top-pages/01-conv1-01.jpg
+_LAYER = re.compile(r"conv\d+")  # top-strips/conv1/
+_STRIP = re.compile(r"\d{4,}\.(jpg|png)")  # top-strips/conv1/0000.jpg
 
 
 @dataclass(frozen=True)
@@ -270,6 +276,8 @@ def draw_outputs(
     from vggviz.top import index_page
 
     events.phase("pictures", sum(len(result["layers"][la.alias]["channels"]) for la in layers))
+    _clear_pictures(out_dir)
+    k = result["k"]
 
     warning = drawing.random_warning(loaded.random, loaded.weights)
     pages: dict[str, list[str]] = {}
@@ -280,8 +288,7 @@ def draw_outputs(
             channels = result["layers"][alias]["channels"]
             target = crops.layers[alias]
             pages[alias], strips[alias] = [], {}
-            for stale in (out_dir / PAGES_DIR).glob(f"{layer.index:02d}-{alias}-*.*"):
-                stale.unlink()  # an earlier run's pages of this layer (it may have had more)
+            lifecycle.real_folder(out_dir / STRIPS_DIR / alias, out_dir)
             for first in range(0, len(channels), DRAW_GROUP):
                 stop = min(first + DRAW_GROUP, len(channels))
                 pixels, glow = target.store.get(first, stop)
@@ -310,7 +317,7 @@ def draw_outputs(
                     layer.name,
                     target.field.size,
                     rows,
-                    k=options.k,
+                    k=k,
                     title=title,
                     warning=warning,
                 ):
@@ -321,13 +328,35 @@ def draw_outputs(
                 for row in rows:
                     name = f"{STRIPS_DIR}/{alias}/{row.channel:04d}.jpg"
                     strips[alias][row.channel] = name
-                    done.append(encoder.submit(save_strip, row, options.k, out_dir / name))
+                    done.append(encoder.submit(save_strip, row, k, out_dir / name))
                 for future in done:
                     future.result()
                 events.advance(len(rows))
                 if events.should_stop():  # between groups of channels
                     return None
     return index_page.write_top_index(out_dir, result, pages=pages, strips=strips)
+
+
+def _clear_pictures(out_dir: Path) -> None:
+    """Remove an earlier run's pages and strips, of every layer (a run over fewer layers, or
+    with fewer pages, must leave none of them behind): only files named as top names them,
+    in folders that are real (checked by the job before anything changed)."""
+    pages = lifecycle.real_folder(out_dir / PAGES_DIR, out_dir)
+    for entry in os.scandir(pages):
+        if _PAGE.fullmatch(entry.name) and not entry.is_dir(follow_symlinks=False):
+            os.unlink(entry.path)
+    strips = lifecycle.real_folder(out_dir / STRIPS_DIR, out_dir)
+    for folder in os.scandir(strips):
+        if not _LAYER.fullmatch(folder.name):
+            continue
+        if not folder.is_dir(follow_symlinks=False):
+            os.unlink(folder.path)  # a link where a layer's strips go: never followed
+            continue
+        for entry in os.scandir(folder.path):
+            if _STRIP.fullmatch(entry.name) and not entry.is_dir(follow_symlinks=False):
+                os.unlink(entry.path)
+        with contextlib.suppress(OSError):
+            os.rmdir(folder.path)  # unless something else is in it
 
 
 def save_strip(row: Any, k: int, path: Path) -> Path:

@@ -15,6 +15,7 @@ from vggviz.core.vocabulary import REDUCES, ModelSpec
 JOB = "top"
 TOP_JSON = "top.json"
 MATRIX_DIR = "top-matrix"
+SCRATCH_PREFIX = ".top-crops-"  # pass 2's scratch folders, beside the outputs
 
 
 @dataclass(frozen=True)

@@ -7,23 +7,27 @@ shards' partial results and the matrix written from every part's chunks.
 
 from __future__ import annotations
 
+import zipfile
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from vggviz.core import files, images, inputs
+from vggviz.core import files, images, inputs, lifecycle
 from vggviz.core.errors import InputError, VggvizError
 from vggviz.core.inputs import InputItem
-from vggviz.core.lifecycle import Events
+from vggviz.core.lifecycle import Events, Plan
+from vggviz.core.text import few
 from vggviz.model.hooks import capture, forward
 from vggviz.model.layers import ConvLayer
 from vggviz.model.loading import LoadedModel
 from vggviz.top import checkpoint
-from vggviz.top.checkpoint import Fingerprint, ScanState
+from vggviz.top.checkpoint import Entry, Fingerprint, ScanState, Unreadable, changed_inputs
 from vggviz.top.ranking import TopK
 from vggviz.top.request import MATRIX_DIR, TopOptions
 
@@ -59,6 +63,36 @@ def _decoded(
         yield number, item, future.result()
 
 
+def _resumable(
+    folder: Path,
+    layers: Sequence[ConvLayer],
+    work: Sequence[tuple[int, InputItem]],
+    fingerprint: Fingerprint,
+    entries: Sequence[Entry],
+    events: Events,
+) -> ScanState | None:
+    """The checkpoint in ``folder`` when this scan can go on from it; otherwise None, and a
+    note says why the scan starts over (other options, other inputs, damaged files)."""
+    channels = {la.alias: la.module.out_channels for la in layers}
+    why = None
+    try:
+        state = ScanState.load(folder)
+        if state is None:
+            return None
+        if state.fingerprint.digest == fingerprint.digest:
+            state.check(folder, len(work), len(entries), channels)
+            return state
+        if changed := fingerprint.difference(state.fingerprint):
+            why = f"options changed since its checkpoint ({changed})"
+        else:
+            before = checkpoint.read_inputs(folder)
+            why = f"inputs changed since its checkpoint ({changed_inputs(before, entries)})"
+    except Unreadable as err:
+        why = f"scan files unreadable ({err})"
+    events.note(f"{folder}: {why}: starting over")
+    return None
+
+
 def _shape(decoded: tuple[int, InputItem, torch.Tensor | InputError]) -> tuple[int, ...] | None:
     tensor = decoded[2]
     return None if isinstance(tensor, InputError) else tuple(tensor.shape)
@@ -71,29 +105,25 @@ def scan(
     options: TopOptions,
     folder: Path,
     fingerprint: Fingerprint,
+    entries: Sequence[Entry],
     shard: tuple[int, int] | None,
     events: Events,
 ) -> ScanState:
     """Pass 1 over ``work`` (input number, item), resumed from ``folder``'s checkpoint when
-    it was made with the same fingerprint. Returns the final state, complete unless
-    ``events.should_stop()`` ended the scan early (polled between batches; the state is then
-    checkpointed as it stands, for the next run to resume)."""
-    folder.mkdir(parents=True, exist_ok=True)
+    it was made with the same fingerprint (the options, and every input in ``entries`` by
+    path, size and mtime: a file changed or mended is scanned again). Returns the final
+    state, complete unless ``events.should_stop()`` ended the scan early (polled between
+    batches; the state is then checkpointed as it stands, for the next run to resume)."""
     files.clean_temporaries(folder)
-    state = ScanState.load(folder)
-    if state is not None and state.fingerprint.digest != fingerprint.digest:
-        events.note(
-            f"{folder}: options changed since its checkpoint "
-            f"({fingerprint.difference(state.fingerprint)}): starting over"
-        )
-        state = None
-    elif state is not None and state.complete:
+    state = _resumable(folder, layers, work, fingerprint, entries, events)
+    if state is not None and state.complete:
         events.note(f"{folder}: scan already complete ({state.scanned} inputs); not run again")
         return state
-    elif state is not None:
+    if state is not None:
         events.note(f"{folder}: resuming the scan after {state.position} of {len(work)} inputs")
-    if state is None:
+    else:
         checkpoint.clear(folder)
+        checkpoint.write_inputs(folder, entries)
         tops = {la.alias: TopK.empty(la.module.out_channels, options.k) for la in layers}
         state = ScanState(fingerprint, shard, tops)
     checkpoint.drop_chunks_after(folder, state.chunks)  # written, but a kill came first
@@ -128,7 +158,7 @@ def scan(
                 numbers = np.asarray([n for n, _, _ in batch], np.int64)
                 for alias, (vals, where) in out.items():
                     state.tops[alias].add(vals, numbers, where)
-                    values[alias].append(vals.astype(np.float16))
+                    values[alias].append(checkpoint.to_float16(vals))
                 rows.extend(numbers.tolist())
                 state.scanned += len(batch)
             for message in failures:
@@ -150,36 +180,65 @@ def scan(
 # --- merging partial results -------------------------------------------------------------
 
 
-def partials(out_dir: Path, fingerprint: Fingerprint) -> list[tuple[Path, ScanState]]:
-    """Every shard's complete scan in ``out_dir``, checked against this run's options. What
-    is wrong with the shards in ``out_dir`` is a VggvizError (exit 1), whatever it is."""
+def partials(
+    out_dir: Path,
+    fingerprint: Fingerprint,
+    entries: Sequence[Entry],
+    plan: Plan,
+    layers: Sequence[ConvLayer],
+    held: ExitStack,
+) -> list[tuple[Path, ScanState]]:
+    """Every shard's complete scan in ``out_dir``, checked against this run's options and
+    inputs, each shard held (in ``held``) while the merge reads it. What is wrong with the
+    shards in ``out_dir`` is a VggvizError (exit 1), whatever it is."""
     found = checkpoint.shard_dirs(out_dir)
     if not found:
         raise VggvizError(
             f"nothing to merge: no shard results (top-scan-shard-K-of-N) in {out_dir}"
         )
-    counts = {n for _, n in found}
+    counts = sorted({n for _, n in found})
     if len(counts) != 1:
-        raise VggvizError(
-            f"cannot merge: {out_dir} holds shards of different counts {sorted(counts)}"
-        )
-    n = counts.pop()
-    missing = [f"{k}/{n}" for k in range(1, n + 1) if (k, n) not in found]
+        kinds = few([str(count) for count in counts])
+        raise VggvizError(f"cannot merge: {out_dir} holds shards of different counts {kinds}")
+    n = counts[0]
+    missing = sum(1 for k in range(1, n + 1) if (k, n) not in found)
     if missing:
-        raise VggvizError(f"cannot merge: shard(s) {', '.join(missing)} missing in {out_dir}")
+        first = list(islice((f"{k}/{n}" for k in range(1, n + 1) if (k, n) not in found), 3))
+        more = f" and {missing - len(first)} more" if missing > len(first) else ""
+        raise VggvizError(f"cannot merge: shard(s) {', '.join(first)}{more} missing in {out_dir}")
+    channels = {la.alias: la.module.out_channels for la in layers}
     parts = []
     for k in range(1, n + 1):
         folder = found[(k, n)]
-        state = ScanState.load(folder)
+        held.enter_context(claim_shard(out_dir, (k, n)))
+        try:
+            state = ScanState.load(folder)
+            if state is not None and state.fingerprint.digest == fingerprint.digest:
+                work = len(inputs.shard(plan.items, k, n))
+                state.check(folder, work, len(entries), channels)
+        except Unreadable as err:
+            raise VggvizError(
+                f"cannot merge: {folder}: scan files unreadable ({err}); run shard {k}/{n} again"
+            ) from None
         if state is None or not state.complete:
             raise VggvizError(f"cannot merge: {folder}: shard {k}/{n} has not finished its scan")
         if state.fingerprint.digest != fingerprint.digest:
+            changed = fingerprint.difference(state.fingerprint) or (
+                f"inputs: {changed_inputs(checkpoint.read_inputs(folder), entries)}"
+            )
             raise VggvizError(
                 f"cannot merge: {folder}: shard {k}/{n} was made with other options or inputs "
-                f"({fingerprint.difference(state.fingerprint)})"
+                f"({changed})"
             )
         parts.append((folder, state))
     return parts
+
+
+def claim_shard(out_dir: Path, shard: tuple[int, int]) -> lifecycle.OutputClaim:
+    """Hold shard K/N's scan: a second live run of the same shard (or a merge reading it) is
+    refused; other shards go on at the same time."""
+    k, n = shard
+    return lifecycle.claim_outputs(out_dir, f"top-shard-{k}-of-{n}", f"shard {k}/{n}")
 
 
 def merged_tops(parts: Sequence[tuple[Path, ScanState]]) -> dict[str, TopK]:
@@ -200,33 +259,42 @@ def write_matrix(
     out_dir: Path,
 ) -> dict[str, Path]:
     """``top-matrix/<alias>.npy`` (images x channels, float16, rows in input order) and
-    ``top-matrix/inputs.json`` (the input of each row), from every part's chunks."""
-    numbers = np.sort(
-        np.concatenate(
-            [c["rows"] for folder, s in parts for c in _chunk_rows(folder, s.chunks)]
-            or [np.zeros(0, np.int64)]
+    ``top-matrix/inputs.json`` (the input of each row), from every part's chunks; the
+    matrices of layers this run does not have are removed."""
+    try:
+        numbers = np.sort(
+            np.concatenate(
+                [c["rows"] for folder, s in parts for c in _chunk_rows(folder, s.chunks)]
+                or [np.zeros(0, np.int64)]
+            )
         )
-    )
-    folder = out_dir / MATRIX_DIR
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = {}
-    for layer in layers:
-        path = folder / f"{layer.alias}.npy"
-        tmp = path.with_name(f".{path.name}{files.TMP_SUFFIX}")
-        shape = (len(numbers), layer.module.out_channels)
-        matrix = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=shape)
-        for part_folder, state in parts:
-            for chunk in checkpoint.read_chunks(part_folder, state.chunks):
-                matrix[np.searchsorted(numbers, chunk["rows"])] = chunk[layer.alias]
-        matrix.flush()
-        del matrix
-        tmp.replace(path)
-        paths[layer.alias] = path
+        folder = lifecycle.real_folder(out_dir / MATRIX_DIR, out_dir)
+        for stale in folder.glob("conv*.npy"):
+            if stale.stem not in {layer.alias for layer in layers}:
+                stale.unlink()
+        paths = {}
+        for layer in layers:
+            path = folder / f"{layer.alias}.npy"
+            tmp = path.with_name(f".{path.name}{files.TMP_SUFFIX}")
+            shape = (len(numbers), layer.module.out_channels)
+            matrix = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=shape)
+            for part_folder, state in parts:
+                for chunk in checkpoint.read_chunks(part_folder, state.chunks):
+                    matrix[np.searchsorted(numbers, chunk["rows"])] = chunk[layer.alias]
+            matrix.flush()
+            del matrix
+            tmp.replace(path)
+            paths[layer.alias] = path
+    except (ValueError, KeyError, zipfile.BadZipFile) as err:  # a chunk damaged inside
+        raise VggvizError(
+            f"{', '.join(str(f) for f, _ in parts)}: scan files unreadable ({err}); "
+            "remove the folder to scan again"
+        ) from None
     files.save_json([str(items[n].path) for n in numbers], folder / "inputs.json")
     return paths
 
 
 def _chunk_rows(folder: Path, count: int) -> Iterator[dict[str, np.ndarray]]:
     for number in range(1, count + 1):
-        with np.load(checkpoint.chunk_path(folder, number), allow_pickle=False) as chunk:
+        with checkpoint.open_npz(checkpoint.chunk_path(folder, number)) as chunk:
             yield {"rows": chunk["rows"]}
