@@ -15,6 +15,7 @@ import click
 from vggviz import __version__
 from vggviz.cli.params import (
     arch_option,
+    batch_size_option,
     check_weights,
     cmap_option,
     flag,
@@ -23,9 +24,12 @@ from vggviz.cli.params import (
     json_option,
     model_arch_option,
     model_options,
+    normalize_option,
     output_dir_option,
     quiet_option,
     shard_option,
+    size_option,
+    stage_option,
     trust_option,
 )
 from vggviz.cli.terminal import (
@@ -38,6 +42,7 @@ from vggviz.cli.terminal import (
 )
 from vggviz.core import vocabulary
 from vggviz.core.vocabulary import ARCHS, ModelSpec
+from vggviz.explain.request import TOP_MAX
 
 
 def _load(spec: ModelSpec):
@@ -63,12 +68,13 @@ def _check_cmap(name: str) -> None:
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="vggviz")
 def cli() -> None:
-    """See what a VGG network does: its first-layer filters and what each conv layer makes
-    of a photo, as PNG pictures.
+    """See what a VGG network does: its first-layer filters, what each conv layer makes of a
+    photo, and what it predicts and where in the photo its evidence lies, as PNG pictures.
 
     \b
     Example:
         vggviz features photos/ -o outputs/
+        vggviz explain photos/ --weights my_vgg.pth -o explained/
         vggviz filters
         vggviz info
     """
@@ -310,6 +316,127 @@ def features(
         overlay=overlay,
         overview=overview,
         filters=filters,
+        save_raw=save_raw,
+        batch_size=batch_size,
+        skip_existing=skip_existing,
+        shard=shard,
+    )
+    with StopFlag() as stop, Progress(stop, quiet, as_json) as progress:
+        summary = job.run(request, progress)
+
+    def closing() -> str:
+        where = summary.index or request.out_dir
+        return (
+            f"{summary.line()} · pictures in {shown(str(request.out_dir))}{os.sep} · "
+            f"open {shown(str(where))}"
+        )
+
+    sys.exit(finish(summary, stop, quiet, closing))
+
+
+@cli.command()
+@click.argument("images", nargs=-1, required=True)
+@model_options
+@click.option(
+    "-k",
+    "--top",
+    "k",
+    type=click.IntRange(1, TOP_MAX),
+    default=3,
+    show_default=True,
+    help="Classes predicted per photo, best first; without --class, also the ones explained.",
+)
+@click.option(
+    "--class",
+    "classes",
+    multiple=True,
+    metavar="NAME|INDEX",
+    help="Explain this class instead of the top K (repeatable): a name (tiger_cat or "
+    "'tiger cat') or an output index.",
+)
+@click.option(
+    "--labels",
+    default=None,
+    metavar="FILE",
+    help="Class names, one a line in output order, over those of the checkpoint or ImageNet.",
+)
+@click.option(
+    "--layer",
+    default=None,
+    help="The conv layer whose map is explained: conv13, features.40 or 13. "
+    "[default: the last conv]",
+)
+@stage_option
+@size_option
+@normalize_option
+@batch_size_option
+@click.option(
+    "--save-raw",
+    is_flag=True,
+    help="Also write cams.npz: each explained class's evidence (class_<index>), float32, at "
+    "the layer's resolution, before upsampling or scaling.",
+)
+@click.option(
+    "--skip-existing",
+    is_flag=True,
+    help="Skip photos finished earlier from the same file with the same options.",
+)
+@shard_option("Do only the K-th of N deterministic parts of the inputs.")
+@json_option
+@quiet_option
+@output_dir_option
+@handle_errors
+def explain(
+    images,
+    arch,
+    weights,
+    trust_checkpoint,
+    seed,
+    device,
+    precision,
+    k,
+    classes,
+    labels,
+    layer,
+    stage,
+    size,
+    normalize,
+    batch_size,
+    save_raw,
+    skip_existing,
+    shard,
+    as_json,
+    quiet,
+    output_dir,
+) -> None:
+    """What the model predicts for each photo, and where in the photo its evidence lies
+    (Grad-CAM at the last conv), checked by blurring that evidence.
+
+    IMAGES are files or folders (walked recursively); - reads paths from stdin. Each photo
+    gets a folder in the output directory (cat.jpg -> cat_jpg/) holding explain.png (the
+    photo, its top predictions, one panel of evidence per class with its deletion check) and
+    record.json (written last); the run writes manifest.jsonl and index.html.
+
+    \b
+    Example:
+        vggviz explain examples/photos/cat.jpg --weights random
+        vggviz explain photos/ --weights my_vgg.pth --labels classes.txt -o explained/
+        vggviz explain cat.jpg --class 'tiger cat' --class 'Egyptian cat'
+        vggviz explain photos/ --json --quiet | jq -c '[.input, .predictions[0].label]'
+    """
+    from vggviz.explain import job as job
+
+    request = job.Request(
+        images=images,
+        out_dir=output_dir,
+        model=ModelSpec(arch, weights, seed, device, precision, trust_checkpoint),
+        top=k,
+        classes=classes,
+        labels=labels,
+        layer=layer,
+        stage=stage,
+        size=size,
+        normalize=normalize,
         save_raw=save_raw,
         batch_size=batch_size,
         skip_existing=skip_existing,
