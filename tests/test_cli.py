@@ -42,13 +42,16 @@ def features(out: Path, weights: Path, *args: str, arch: str = "vgg11_bn"):
 
 
 def test_every_command_has_help_with_an_example() -> None:
-    names = ["info", "filters", "features", "weights", "weights download", "weights import"]
+    names = [
+        *("info", "filters", "features", "explain", "top"),
+        *("weights", "weights download", "weights import"),
+    ]
     for name in names:
         result = invoke(*name.split(), "--help")
         assert result.exit_code == 0, name
         assert "Example:" in result.output, name
     top = invoke("--help")
-    assert all(n in top.output for n in ("features", "filters", "info", "weights"))
+    assert all(n in top.output for n in ("features", "explain", "filters", "info", "weights"))
 
 
 def test_features_writes_one_picture_per_layer(tmp_path, photo, vgg11_bn_file) -> None:

@@ -16,6 +16,7 @@ import sys
 
 import click
 
+from vggviz.cli import terminal
 from vggviz.cli.commands import cli
 from vggviz.cli.terminal import ExitCode, Terminated, on_sigterm, reason, silence_stdout
 
@@ -25,6 +26,7 @@ __all__ = ["cli", "main"]
 def main() -> None:
     """Console entry point: exit codes 0 ok, 1 failed inputs or errors, 2 usage, 130 Ctrl-C,
     141 stdout closed early, 143 SIGTERM."""
+    terminal.stdout_closed = _reopen_closed_streams()
     signal.signal(signal.SIGTERM, on_sigterm)
     # Before torch loads OpenMP: its idle threads sleep instead of spinning, which on a busy
     # 2-core machine halved the CPU time of a folder run (the drawing threads need the cores).
@@ -51,6 +53,28 @@ def main() -> None:
     if "torch" in sys.modules:
         _exit_now(code)
     sys.exit(code)
+
+
+def _reopen_closed_streams() -> bool:
+    """Put /dev/null on standard descriptors the process was started without (``2>&-``),
+    and Python's streams on them. Otherwise the first file the run opens (a lock, a PNG)
+    would take descriptor 1 or 2 and receive whatever is printed, and every message would
+    fail with a traceback. Returns whether stdout was closed."""
+    closed_stdout = False
+    for fd, name in ((0, "stdin"), (1, "stdout"), (2, "stderr")):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDONLY if fd == 0 else os.O_WRONLY)
+            if null != fd:  # the lowest free descriptor is fd when those below are open
+                os.dup2(null, fd)
+                os.close(null)
+            closed_stdout = closed_stdout or fd == 1
+        if getattr(sys, name) is None:  # Python found it closed at start-up
+            mode = "r" if fd == 0 else "w"  # open for the process's life: no context manager
+            stream = open(fd, mode, closefd=False, errors="backslashreplace")  # noqa: SIM115
+            setattr(sys, name, stream)
+    return closed_stdout
 
 
 def _flush(code: int) -> int:

@@ -33,6 +33,9 @@ class ExitCode(IntEnum):
     TERMINATED = 143  # SIGTERM (a scheduler's time limit)
 
 
+stdout_closed = False  # the process started without standard output (set by main)
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM (a scheduler's time limit): stop as cleanly as for Ctrl-C."""
 
@@ -116,6 +119,10 @@ class Progress(Events):
     :class:`StopFlag` whether to stop."""
 
     def __init__(self, stop: StopFlag, quiet: bool = False, as_json: bool = False) -> None:
+        if as_json and stdout_closed:  # the records would be lost: refuse before any work
+            raise click.ClickException(
+                "cannot write to standard output (it is closed); --json prints the records there"
+            )
         self.stop, self.quiet, self.as_json = stop, quiet, as_json
         self.show_bar = not quiet and sys.stderr.isatty()
         self.bar: Any = None

@@ -61,6 +61,15 @@ def _temporary(path: Path) -> tuple[int, str]:
     return fd, tmp
 
 
+def _replace(tmp: str, path: Path) -> None:
+    """Rename ``tmp`` to ``path``; an error names ``path`` (a folder in its place, say), not
+    the temporary, whose name means nothing to the user."""
+    try:
+        os.replace(tmp, path)
+    except OSError as err:
+        raise type(err)(err.errno, err.strerror, str(path)) from None
+
+
 # --- locks: one flock helper for temporaries, image folders and runs -------------------------
 
 LOCKS_UNSUPPORTED = (errno.ENOLCK, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EBADF)
@@ -139,7 +148,7 @@ def atomic_file(path: Path, mode: str = "wb") -> Iterator[IO[Any]]:
     try:
         with os.fdopen(fd, mode, encoding=_encoding(mode)) as f:
             yield f
-        os.replace(tmp, path)
+        _replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -216,7 +225,7 @@ class _Staged:
 
     def close(self) -> Path:
         self._finish()
-        os.replace(self._tmp, self.path)
+        _replace(self._tmp, self.path)
         return self.path
 
     def abort(self) -> None:

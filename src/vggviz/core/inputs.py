@@ -74,9 +74,8 @@ def discover(
             seen_items.add(key)
             found.items.append(InputItem(path=path, source=source, rel=rel))
 
-    stream = sys.stdin.buffer if stdin is None else stdin
     for arg in args:
-        for name in _stdin_lines(stream) if arg == "-" else [arg]:
+        for name in _stdin_lines(stdin) if arg == "-" else [arg]:
             if name == "":
                 raise UsageError("an empty string is not a file or folder name")
             path = Path(name)
@@ -111,10 +110,15 @@ def passed_over(found: Discovery) -> str | None:
     return f"passed over {found.hidden} hidden and {found.not_images} non-image file(s)"
 
 
-def _stdin_lines(stream: BinaryIO) -> list[str]:
+def _stdin_lines(stream: BinaryIO | None) -> list[str]:
     """Paths from a list, one per line, or NUL-separated if the list holds a NUL (no path can
     contain one). Only line endings are stripped (spaces are legal); bytes that are not UTF-8
-    are kept as the OS would (``os.fsdecode``)."""
+    are kept as the OS would (``os.fsdecode``). ``stream`` None: standard input, which is
+    touched only here (a process may run without one)."""
+    if stream is None:
+        if sys.stdin is None:
+            raise UsageError("- reads paths from standard input, but it is closed")
+        stream = sys.stdin.buffer
     data = stream.read()
     if isinstance(data, str):
         data = os.fsencode(data)

@@ -570,8 +570,8 @@ def _run_files(work, pairs, out_dir, suffix, events, summary, index, before) -> 
         raise run_error[0]
     try:
         summary.outputs["manifest"] = manifest.close()
-        lines = summary.outputs["manifest"].read_text("utf-8").splitlines()
-        records = [json.loads(line) for line in lines]
+        lines = summary.outputs["manifest"].read_text("utf-8").split("\n")
+        records = [json.loads(line) for line in lines if line]
         summary.outputs["index"] = index(out_dir, records, folders.index_name(suffix), figures)
     except OSError as err:
         manifest.abort()

@@ -16,6 +16,9 @@ from typing import Any
 
 _SHOWN = 40  # longest value echoed in a message
 _SURROGATE = re.compile("[\ud800-\udfff]")
+# Line breaks to str.splitlines (and to JavaScript) that JSON leaves raw: a name holding one
+# would split a JSON line in two for any reader that splits lines that way.
+_ESCAPED = re.compile("[\ud800-\udfff\x85\u2028\u2029]")
 
 
 def shown(text: str, quote: bool = True) -> str:
@@ -34,9 +37,11 @@ def few(items: Sequence[str], n: int = 3) -> str:
 
 def dumps(obj: object, **kwargs: Any) -> str:
     """JSON text that is valid UTF-8 whatever the file names: lone surrogates (undecodable
-    bytes of a name) become ``\\uXXXX`` escapes. NaN and Inf are refused (not JSON)."""
+    bytes of a name) become ``\\uXXXX`` escapes, and so do U+0085, U+2028 and U+2029, which
+    ``str.splitlines`` and JavaScript take for line breaks: one record is one line for every
+    reader. NaN and Inf are refused (not JSON)."""
     text = json.dumps(obj, ensure_ascii=False, allow_nan=False, **kwargs)
-    return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+    return _ESCAPED.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 def display(text: str) -> str:

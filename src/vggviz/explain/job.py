@@ -115,11 +115,12 @@ def run(request: Request, events: Events | None = None, stdin: BinaryIO | None =
 def _early_names(request: Request) -> list[str] | None:
     """The class names, when they can be known without the model: a labels file's, or
     ImageNet's for ImageNet and random weights (both torch-free)."""
+    imagenet = request.model.weights in ("imagenet", "random")
     if request.labels is not None:
+        if imagenet:  # the head is ImageNet's: its size is known too
+            return labels.class_names(labels.IMAGENET_CLASSES, labels=request.labels)
         return labels.read_labels(request.labels)
-    if request.model.weights in ("imagenet", "random"):
-        return list(labels.imagenet_names())
-    return None
+    return list(labels.imagenet_names()) if imagenet else None
 
 
 def _names(request: Request, loaded: LoadedModel, count: int, early: list[str] | None) -> Names:
