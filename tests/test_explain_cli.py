@@ -444,3 +444,22 @@ def test_in_a_subprocess_json_lines_equal_the_manifest(tmp_path, photos, tutoria
     assert done.returncode == 0, done.stderr
     assert lines(done.stdout) == manifest(out)
     assert done.stderr.strip().splitlines()[-1].startswith("3 done, 0 failed, 0 skipped · ")
+
+
+def test_overflowing_weights_give_nulls_not_nan(tmp_path, photos, tutorial_file):
+    """Activations that overflow make the logits NaN: the record says nonfinite, its numbers
+    are null (JSON has no NaN), and the picture is still drawn."""
+    state = torch.load(tutorial_file, weights_only=True)
+    for key in ("features.0.weight", "features.3.weight"):
+        state[key] = state[key] * 1e30
+    huge = tmp_path / "huge.pth"
+    torch.save(state, huge)
+    result = invoke(tmp_path / "out", huge, photos / "a.png", "--json")
+    assert result.exit_code == 0, result.output
+    assert "NaN" not in result.stdout and "Infinity" not in result.stdout
+    (record,) = lines(result.stdout)
+    assert record["nonfinite"] is True
+    assert all(p["probability"] is None for p in record["predictions"])
+    assert all(e["deletion"]["top"] is None for e in record["explanations"])
+    with Image.open(Path(record["folder"]) / "explain.png") as im:
+        im.load()
