@@ -311,6 +311,7 @@ def test_skip_existing_and_what_redoes_a_photo(tmp_path, photos, tutorial_file, 
         ["--stage", "conv"],
         ["--no-normalize"],
         ["--save-raw"],
+        ["--no-check"],
         ["--labels", labels_file],
     ):
         redo = invoke(out, tutorial_file, photos, "--skip-existing", "--json", *change)
@@ -463,3 +464,32 @@ def test_overflowing_weights_give_nulls_not_nan(tmp_path, photos, tutorial_file)
     assert all(e["deletion"]["top"] is None for e in record["explanations"])
     with Image.open(Path(record["folder"]) / "explain.png") as im:
         im.load()
+
+
+def test_no_check_runs_no_deletion_forward(tmp_path, photos, tutorial_file, monkeypatch):
+    """--no-check: the explanation alone (records say deletion null, the picture has no
+    check line), and the check's forwards are never run."""
+    from vggviz.explain import engine
+
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("the deletion check ran")
+
+    monkeypatch.setattr(engine, "deletion_test", refuse)
+    out = tmp_path / "out"
+    result = invoke(out, tutorial_file, photos / "a.png", "--no-check", "--json", "-k", "2")
+    assert result.exit_code == 0, result.output
+    (record,) = lines(result.stdout)
+    assert [e["deletion"] for e in record["explanations"]] == [None, None]
+    assert record["explanations"][0]["peak"] is not None
+    monkeypatch.undo()
+    checked = invoke(tmp_path / "checked", tutorial_file, photos / "a.png", "-k", "2", "--json")
+    (with_check,) = lines(checked.stdout)
+    sizes = []
+    for r in (record, with_check):
+        with Image.open(Path(r["folder"]) / "explain.png") as im:
+            sizes.append(im.size)
+    # the same picture but for the title's check line and each panel's: shorter, as wide
+    assert sizes[0][0] == sizes[1][0] and sizes[0][1] < sizes[1][1]
+    assert record["fingerprint"] != with_check["fingerprint"]
+    page = (out / "index.html").read_text("utf-8")
+    assert "logit" in page and "→" not in page.split("<tbody>")[-1]

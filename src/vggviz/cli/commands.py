@@ -371,6 +371,14 @@ def features(
 @normalize_option
 @batch_size_option
 @click.option(
+    "--check/--no-check",
+    "deletion_check",
+    default=True,
+    show_default=True,
+    help="The deletion check: each class's probability after blurring the 20% of the photo "
+    "with the most evidence, and 20% at random (K + 1 more forward passes a photo).",
+)
+@click.option(
     "--save-raw",
     is_flag=True,
     help="Also write cams.npz: each explained class's evidence (class_<index>), float32, at "
@@ -402,6 +410,7 @@ def explain(
     size,
     normalize,
     batch_size,
+    deletion_check,
     save_raw,
     skip_existing,
     shard,
@@ -438,6 +447,7 @@ def explain(
         size=size,
         normalize=normalize,
         save_raw=save_raw,
+        deletion_check=deletion_check,
         batch_size=batch_size,
         skip_existing=skip_existing,
         shard=shard,

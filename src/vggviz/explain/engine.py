@@ -65,7 +65,7 @@ ExplanationRecord = TypedDict(
         "logit": float | None,
         "resolution": list[int],  # (rows, cols) of the evidence: the map's
         "peak": list[int] | None,  # [row, col] of the largest evidence; None: no evidence
-        "deletion": DeletionRecord,
+        "deletion": DeletionRecord | None,  # None: the check was not asked for
         "picture": str,
     },
 )
@@ -82,7 +82,7 @@ class ExplainOutput(ImageOutput):
         self.explanations: list[ExplanationRecord] = []
         self.nonfinite = False
 
-    def draw(self, explanation: Explanation, deletions: Sequence[Deletion]) -> None:
+    def draw(self, explanation: Explanation, deletions: Sequence[Deletion | None]) -> None:
         if not self.live:
             return
         work = self.work
@@ -154,11 +154,13 @@ class ExplainWork(ImageWork):
         top: int = 3,
         classes: Sequence[int] | None = None,
         save_raw: bool = False,
+        check: bool = True,
         **common: Any,
     ) -> None:
         super().__init__(**common)
         self.loaded, self.layer, self.names, self.stage = loaded, layer, names, stage
         self.top, self.classes, self.save_raw = top, list(classes) if classes else None, save_raw
+        self.check = check
         self.cam = GradCam(loaded.model, layer, stage)
 
     @property
@@ -196,20 +198,25 @@ class ExplainWork(ImageWork):
         x = torch.from_numpy(batch.arrays()).to(self.loaded.device)
         explanations = self.cam(x, top=self.top, classes=self.classes)
         try:
-            if batch.stopping():
-                raise Stopped
-            deletions = deletion_test(
-                self.loaded.model,
-                x,
-                explanations,
-                batch_size=self.batch_size,
-                stopping=batch.stopping,
-            )
+            deletions = self._check(x, explanations, batch)
         except Stopped:
             batch.abandon()
             return
         for out, explanation, checked in zip(batch.outputs, explanations, deletions, strict=True):
             batch.draw(out.draw, explanation, checked)  # type: ignore[attr-defined]
+
+    def _check(
+        self, x: torch.Tensor, explanations: list[Explanation], batch: Batch
+    ) -> Sequence[Sequence[Deletion | None]]:
+        """The deletion check of every explained class (None each without the check);
+        raises Stopped when a stop is asked for before or during it."""
+        if batch.stopping():
+            raise Stopped
+        if not self.check:
+            return [[None] * len(e.explained) for e in explanations]
+        return deletion_test(
+            self.loaded.model, x, explanations, batch_size=self.batch_size, stopping=batch.stopping
+        )
 
 
 def _number(value: float) -> float | None:
@@ -248,19 +255,23 @@ def _explanation(
     c: ClassEvidence,
     label: str,
     rank: int,
-    d: Deletion,
+    d: Deletion | None,
     work: ExplainWork,
     picture: str,
 ) -> ExplanationRecord:
-    deletion: DeletionRecord = {
-        "fraction": FRACTION,
-        "original": _number(d.original),
-        "top": _number(d.top),
-        "random": _number(d.random),
-        "original_logit": _number(d.original_logit),
-        "top_logit": _number(d.top_logit),
-        "random_logit": _number(d.random_logit),
-    }
+    deletion: DeletionRecord | None = (
+        None
+        if d is None
+        else {
+            "fraction": FRACTION,
+            "original": _number(d.original),
+            "top": _number(d.top),
+            "random": _number(d.random),
+            "original_logit": _number(d.original_logit),
+            "top_logit": _number(d.top_logit),
+            "random_logit": _number(d.random_logit),
+        }
+    )
     return {
         "class": c.index,
         "label": label,

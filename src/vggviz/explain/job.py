@@ -68,6 +68,7 @@ def run(request: Request, events: Events | None = None, stdin: BinaryIO | None =
         "classes": classes,
         "names": _digest(names.names),
         "raw": request.save_raw,
+        "check": request.deletion_check,
     }
     work = engine.ExplainWork(
         loaded,
@@ -77,6 +78,7 @@ def run(request: Request, events: Events | None = None, stdin: BinaryIO | None =
         top=request.top,
         classes=classes,
         save_raw=request.save_raw,
+        check=request.deletion_check,
         fingerprint=folders.fingerprint(shaping),
         size=request.size,
         normalize=request.normalize,

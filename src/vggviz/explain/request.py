@@ -34,6 +34,7 @@ class Request:
     size: int = 224
     normalize: bool = True
     save_raw: bool = False
+    deletion_check: bool = True  # False: no deletion check (K + 1 fewer forwards a photo)
     batch_size: int = 1
     skip_existing: bool = False
     shard: str | None = None
