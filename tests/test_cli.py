@@ -275,3 +275,19 @@ def test_imagenet_weights_missing_is_one_line_exit_1(tmp_path, photo, monkeypatc
     status = invoke("weights", "--arch", "vgg11")
     assert status.exit_code == 1
     assert status.stdout.split()[:2] == ["vgg11", "missing"]
+
+
+def test_the_readme_documents_every_explain_option() -> None:
+    """Each of explain's options (as --help lists them) is in the README's explain section,
+    and the picture it shows is committed."""
+    import re
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text("utf-8")
+    section = readme.split("### `vggviz explain IMAGE...`")[1].split("\n### ")[0]
+    options = set(re.findall(r"(?<![\w-])(--[a-z][a-z-]+)", invoke("explain", "--help").output))
+    options -= {"--help", "--arch", "--weights", "--trust-checkpoint", "--seed", "--device"}
+    options -= {"--precision", "--normalize", "--output-dir"}  # shared, in the table above
+    missing = sorted(o for o in options if o not in section)
+    assert not missing, missing
+    for picture in re.findall(r"\]\((examples/readme/[^)]+)\)", section):
+        assert (Path(__file__).parent.parent / picture).is_file(), picture
