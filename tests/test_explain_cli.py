@@ -493,3 +493,23 @@ def test_no_check_runs_no_deletion_forward(tmp_path, photos, tutorial_file, monk
     assert record["fingerprint"] != with_check["fingerprint"]
     page = (out / "index.html").read_text("utf-8")
     assert "logit" in page and "→" not in page.split("<tbody>")[-1]
+
+
+def test_batches_give_the_same_records(tmp_path, tutorial_file):
+    """Photos of one size go through the network (and the check) together with
+    --batch-size: the same numbers as one at a time."""
+    folder = tmp_path / "same"
+    for i in range(4):
+        write_photo(folder / f"s{i}.png", 48, 64, seed=10 + i)
+    one = invoke(tmp_path / "one", tutorial_file, folder, "--json", "-k", "2")
+    four = invoke(
+        tmp_path / "four", tutorial_file, folder, "--json", "-k", "2", "--batch-size", "4"
+    )
+    assert one.exit_code == four.exit_code == 0, four.output
+    for a, b in zip(lines(one.stdout), lines(four.stdout), strict=True):
+        assert [p["class"] for p in a["predictions"]] == [p["class"] for p in b["predictions"]]
+        for ea, eb in zip(a["explanations"], b["explanations"], strict=True):
+            assert ea["peak"] == eb["peak"]
+            assert eb["logit"] == pytest.approx(ea["logit"], rel=1e-4, abs=1e-5)
+            for key in ("top_logit", "random_logit"):
+                assert eb["deletion"][key] == pytest.approx(ea["deletion"][key], rel=1e-4, abs=1e-5)

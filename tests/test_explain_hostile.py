@@ -388,3 +388,32 @@ def test_links_planted_in_the_output_folder(tmp_path, tutorial_file, photos) -> 
         assert not (out / name).is_symlink(), name
     (out / "p0_png").unlink()
     assert_every_folder_finished(out)
+
+
+def test_a_full_disk_simulated_stops_cleanly(tmp_path, tutorial_file, photos, monkeypatch) -> None:
+    """The same where no small file system can be mounted: the 3rd picture finds no space."""
+    import errno
+
+    from vggviz.core import files
+
+    real, calls = files.save_png, []
+
+    def save_png(image, path):
+        calls.append(path)
+        if len(calls) >= 3:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        return real(image, path)
+
+    monkeypatch.setattr(files, "save_png", save_png)
+    out = tmp_path / "out"
+    result = invoke(out, tutorial_file, photos, "--json")
+    assert result.exit_code == 1
+    got = lines(result.stdout)
+    assert [r["status"] for r in got][:3] == ["ok", "ok", "error"]
+    assert set(r["status"] for r in got[2:]) == {"error"} and len(got) < 8
+    assert result.stderr.splitlines()[-1] == (
+        f"error: stopped after {len(got)} of 8 image(s), 2 done: {calls[2]}: cannot write "
+        "(no space left on device)"
+    )
+    assert_every_folder_finished(out)
+    assert len(image_folders(out)) == 2
