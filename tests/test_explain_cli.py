@@ -431,6 +431,9 @@ def test_the_index_page_from_records():
     html = index_page._class_table(records) + index_page._unsure(records)
     assert '<a href="#img-2">b.jpg</a>: cat 0.30' in html
     assert "1 photo where the model is unsure" in html
+    hostile = [{**record("<x>.jpg", 0, 0.2), "predictions": [{"class": 0, "label": "<script>"}]}]
+    page = index_page._class_table(hostile) + index_page._image_section(1, hostile[0], str)
+    assert "<script>" not in page and "&lt;script&gt;" in page
 
 
 def test_in_a_subprocess_json_lines_equal_the_manifest(tmp_path, photos, tutorial_file):

@@ -27,7 +27,7 @@ How a new per-image job plugs in (``explain`` as the example)::
     class ExplainWork(per_image.ImageWork):
         output_type = ExplainOutput
         def owns(self, name) -> bool:                # files it writes in an image folder
-            return name in ("explain.png", "scores.npz")
+            return name in ("explain.png", "cams.npz")
         def process(self, batch) -> None:            # main thread: the model's work
             x = torch.from_numpy(batch.arrays()).to(device)
             ...                                       # forwards, gradients; poll batch.stopping()
