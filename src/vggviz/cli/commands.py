@@ -29,7 +29,7 @@ from vggviz.cli.params import (
     quiet_option,
     shard_option,
     size_option,
-    stage_option,
+    stage_choice,
     trust_option,
 )
 from vggviz.cli.terminal import (
@@ -366,7 +366,7 @@ def features(
     help="The conv layer whose map is explained: conv13, features.40 or 13. "
     "[default: the last conv]",
 )
-@stage_option
+@stage_choice("That conv layer's map after the conv, its BatchNorm or its ReLU.")
 @size_option
 @normalize_option
 @batch_size_option

@@ -130,13 +130,18 @@ def cmap_option(default: str | None, help: str) -> Decorator:
 grid_callback = checked(_grid)
 
 
-stage_option = click.option(
-    "--stage",
-    type=click.Choice(vocabulary.STAGES),
-    default="relu",
-    show_default=True,
-    help="Network mode: take each map after the conv, its BN or its ReLU.",
-)
+def stage_choice(help: str) -> Decorator:
+    """--stage (conv, bn or relu), with the command's own words for what it picks."""
+    return click.option(
+        "--stage",
+        type=click.Choice(vocabulary.STAGES),
+        default="relu",
+        show_default=True,
+        help=help,
+    )
+
+
+stage_option = stage_choice("Network mode: take each map after the conv, its BN or its ReLU.")
 
 size_option = click.option(
     "--size",
