@@ -7,7 +7,7 @@ OUT ?= outputs
 DEVICE ?= cpu
 ARCH ?= vgg16_bn
 
-.PHONY: demo test bench bench-features bench-top lint clean
+.PHONY: demo test bench bench-features bench-top bench-explain lint clean
 
 # (Re)install when pyproject.toml changes; the venv itself is made once.
 $(STAMP): pyproject.toml
@@ -30,14 +30,18 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 ## bench: features against the tutorial and the bare forward pass (DEVICE=cuda for a GPU),
-## then top's scan against the bare forward pass, its memory and pass 2
-bench: bench-features bench-top
+## then top's scan against the bare forward pass, its memory and pass 2, then explain against
+## pytorch-grad-cam (installed in benchmarks/.cache/gradcam only, never a vggviz dependency)
+bench: bench-features bench-top bench-explain
 
 bench-features: $(STAMP)
 	$(BIN)/python benchmarks/bench.py --device $(DEVICE)
 
 bench-top: $(STAMP)
 	$(BIN)/python benchmarks/bench_top.py
+
+bench-explain: $(STAMP)
+	$(BIN)/python benchmarks/bench_explain.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

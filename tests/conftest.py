@@ -105,3 +105,30 @@ def wait_for_records(out: Path, n: int, proc: subprocess.Popen, timeout: float =
         assert proc.poll() is None, proc.communicate()
         assert time.monotonic() < deadline, "no progress"
         time.sleep(0.01)
+
+
+@pytest.fixture(scope="session")
+def tutorial_file(tmp_path_factory: pytest.TempPathFactory, vgg11_random) -> Path:
+    """A user's 5-class vgg11, saved the tutorial's way: ``model.classifier =
+    nn.Linear(25088, 5)``, then ``torch.save(model.state_dict(), ...)``. The head's weights
+    are scaled up so that its probabilities differ (the default init gives about 0.2 each)."""
+    from vggviz.model.architectures import vgg
+
+    with torch.device("meta"):
+        model = vgg("vgg11")
+    model.features.to_empty(device="cpu")
+    model.features.load_state_dict(vgg11_random.features.state_dict())
+    torch.manual_seed(5)
+    model.classifier = torch.nn.Linear(25088, 5)
+    with torch.no_grad():
+        model.classifier.weight.mul_(40)
+    path = tmp_path_factory.mktemp("weights") / "my_vgg11_5class.pth"
+    torch.save(model.state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def labels_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("labels") / "labels.txt"
+    path.write_text("cat\ncoins\nhorse\ncoffee\nastronaut\n", encoding="utf-8")
+    return path

@@ -42,13 +42,17 @@ def features(out: Path, weights: Path, *args: str, arch: str = "vgg11_bn"):
 
 
 def test_every_command_has_help_with_an_example() -> None:
-    names = ["info", "filters", "features", "top", "weights", "weights download", "weights import"]
+    names = [
+        *("info", "filters", "features", "explain", "top"),
+        *("weights", "weights download", "weights import"),
+    ]
     for name in names:
         result = invoke(*name.split(), "--help")
         assert result.exit_code == 0, name
         assert "Example:" in result.output, name
     top = invoke("--help")
-    assert all(n in top.output for n in ("features", "filters", "info", "top", "weights"))
+    commands = ("features", "explain", "filters", "info", "top", "weights")
+    assert all(n in top.output for n in commands)
 
 
 def test_features_writes_one_picture_per_layer(tmp_path, photo, vgg11_bn_file) -> None:
@@ -272,3 +276,19 @@ def test_imagenet_weights_missing_is_one_line_exit_1(tmp_path, photo, monkeypatc
     status = invoke("weights", "--arch", "vgg11")
     assert status.exit_code == 1
     assert status.stdout.split()[:2] == ["vgg11", "missing"]
+
+
+def test_the_readme_documents_every_explain_option() -> None:
+    """Each of explain's options (as --help lists them) is in the README's explain section,
+    and the picture it shows is committed."""
+    import re
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text("utf-8")
+    section = readme.split("### `vggviz explain IMAGE...`")[1].split("\n### ")[0]
+    options = set(re.findall(r"(?<![\w-])(--[a-z][a-z-]+)", invoke("explain", "--help").output))
+    options -= {"--help", "--arch", "--weights", "--trust-checkpoint", "--seed", "--device"}
+    options -= {"--precision", "--normalize", "--output-dir"}  # shared, in the table above
+    missing = sorted(o for o in options if o not in section)
+    assert not missing, missing
+    for picture in re.findall(r"\]\((examples/readme/[^)]+)\)", section):
+        assert (Path(__file__).parent.parent / picture).is_file(), picture

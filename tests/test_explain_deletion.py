@@ -163,3 +163,29 @@ def test_errors() -> None:
         deletion_test(model, x, explained, seeds=[1, 2])
     with pytest.raises(ValueError, match="batch_size must be at least 1"):
         deletion_test(model, x, explained, batch_size=0)
+
+
+def test_a_stop_is_polled_before_each_forward(monkeypatch) -> None:
+    """``stopping`` is asked before every forward pass; True leaves at once with Stopped."""
+    model = small_vgg("vgg11", classes=4, seed=2)
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    explained = GradCam(model)(x, top=2)
+    asked: list[int] = []
+    forwards: list[int] = []
+    original = deletion.network_logits
+
+    def counting(m, batch):
+        forwards.append(len(batch))
+        return original(m, batch)
+
+    def stopping() -> bool:
+        asked.append(len(forwards))
+        return len(forwards) == 2
+
+    monkeypatch.setattr(deletion, "network_logits", counting)
+    with pytest.raises(deletion.Stopped):
+        deletion_test(model, x, explained, batch_size=2, stopping=stopping)
+    assert asked == [0, 1, 2] and forwards == [2, 2]
+    forwards.clear()
+    assert len(deletion_test(model, x, explained, batch_size=2, stopping=lambda: False)) == 2
+    assert forwards == [2, 2, 2]

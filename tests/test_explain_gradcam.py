@@ -265,3 +265,13 @@ def test_cuda_gives_the_cpu_answer() -> None:
             torch.testing.assert_close(
                 torch.from_numpy(cb.evidence), torch.from_numpy(ca.evidence), rtol=1e-3, atol=1e-6
             )
+
+
+def test_a_saturated_head_is_ranked_by_its_logits() -> None:
+    """Classes 1 and 2 both have probability 0.0 in float32 (logits 250 and 300 below class
+    0's): the second best is still the one with the larger logit, not the lower index."""
+    first = torch.zeros(3, 3, 3)
+    model = detector_vgg(first, channel_head(3, [0.0, 0.0, 0.0], [300.0, 0.0, 50.0]))
+    (e,) = GradCam(model)(torch.zeros(1, 3, 32, 32), top=3)
+    assert e.probabilities[1] == e.probabilities[2] == 0.0
+    assert e.top == (0, 2, 1)

@@ -236,6 +236,33 @@ def test_names_that_are_not_utf8(tmp_path, vgg11_bn_file) -> None:
     assert "0 done, 0 failed, 3 skipped" in again.stderr
 
 
+def test_names_with_line_separators(tmp_path, vgg11_bn_file) -> None:
+    """U+2028 and U+0085 in a name: the manifest is read back for the index, one line per
+    record (it used to split at them and end the run with a traceback)."""
+    folder = tmp_path / "photos"
+    write_photo(folder / "a\u2028b.png")
+    write_photo(folder / "c\x85d.png", seed=1)
+    out = tmp_path / "out"
+    result = invoke(out, vgg11_bn_file, folder, "--json")
+    assert result.exit_code == 0, result.output
+    got = lines(result.stdout)
+    assert [Path(r["input"]).name for r in got] == ["a\u2028b.png", "c\x85d.png"]
+    assert lines((out / "manifest.jsonl").read_text("utf-8")) == got
+    assert (out / "index.html").is_file()
+
+
+@pytest.mark.parametrize("closed", ["<&-", ">&- 2>&-"])
+def test_closed_standard_streams(tmp_path, vgg11_bn_file, photo, closed) -> None:
+    """Started without stdin, or without stdout and stderr, a run still does its work (the
+    closed descriptors get /dev/null, so no output file takes their number)."""
+    out = tmp_path / "out"
+    line = " ".join(map(repr, vggviz(*argv(out, vgg11_bn_file, photo))))
+    done = subprocess.run(["bash", "-c", f"{line} {closed}"], capture_output=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert_every_folder_finished(out)
+    assert len(image_folders(out)) == 1
+
+
 def test_paths_from_find_print0(tmp_path, vgg11_bn_file) -> None:
     a = write_photo(tmp_path / "a b.png")
     b = write_photo(tmp_path / "new\nline.png", seed=1)

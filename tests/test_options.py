@@ -189,3 +189,18 @@ def test_top_options_name_their_option_in_param() -> None:
         with pytest.raises(UsageError) as err:
             options.check()
         assert err.value.param == param and "--" not in str(err.value)
+
+
+def test_explain_request_names_its_option_in_param() -> None:
+    from vggviz.explain.request import Request
+
+    for request, param in [
+        (Request(["x"], top=0), "k"),
+        (Request(["x"], top=21), "k"),
+        (Request(["x"], classes=[str(n) for n in range(21)]), "class"),
+        (Request(["x"], stage="pool"), "stage"),
+        (Request(["x"], batch_size=0), "batch_size"),
+    ]:
+        with pytest.raises(UsageError) as err:
+            request.check()
+        assert err.value.param == param and "--" not in str(err.value)

@@ -196,6 +196,33 @@ def test_json_is_valid_utf8_for_any_name_and_refuses_nan() -> None:
         dumps({"max": float("nan")})
 
 
+def test_a_json_record_is_one_line_for_every_reader() -> None:
+    """U+2028, U+2029 and U+0085 are line breaks to str.splitlines (and to JavaScript):
+    dumps escapes them, so a name holding one never splits a JSON line."""
+    record = {"input": "a\u2028b\u2029c\x85d\ne.png"}
+    text = dumps(record)
+    assert text.splitlines() == [text]
+    assert json.loads(text) == record
+
+
+def test_a_record_that_is_no_regular_file_is_never_read(tmp_path: Path) -> None:
+    """A link to /dev/zero, a FIFO or an oversized file in record.json's place: not a
+    finished folder, found at once (neither blocking nor reading forever)."""
+    ident = {"path": "/x", "size": 1, "mtime_ns": 1}
+    cases = {
+        "zero": lambda p: p.symlink_to("/dev/zero"),
+        "fifo": lambda p: os.mkfifo(p),
+        "big": lambda p: p.write_bytes(b" " * (folders.RECORD_MAX + 1)),
+    }
+    for name, plant in cases.items():
+        folder = tmp_path / name
+        folder.mkdir()
+        plant(folder / folders.RECORD)
+        started = time.monotonic()
+        assert folders.finished(folder, "print", ident) is None, name
+        assert time.monotonic() - started < 5, name
+
+
 # --- claims ----------------------------------------------------------------------------------
 
 

@@ -67,11 +67,19 @@ def _run(*argv: str) -> tuple[bool, int, str]:
         ["top", "x.jpg", "--size", "8"],
         ["top", "x.jpg", "--merge", "--shard", "1/2"],
         ["top"],
+        ["explain", "--help"],
+        ["explain"],
+        ["explain", "x.jpg", "-k", "0"],
+        ["explain", "x.jpg", "-k", "1000000000"],
+        ["explain", "x.jpg", "--size", "8"],
+        ["explain", "x.jpg", "--stage", "bogus"],
+        ["explain", "x.jpg", "--batch-size", "257"],
+        ["explain", "x.jpg", "--shard", "0/3"],
+        ["explain", "x.jpg", "--device", "tpu"],
     ],
 )
 def test_help_and_usage_errors_never_import_torch(tmp_path, argv) -> None:
-    if argv[:1] in (["features"], ["top"]) and argv[1:2] == ["x.jpg"]:  # never imagenet: no
-        # download, ever
+    if argv[1:2] == ["x.jpg"]:  # never the default imagenet: no download, ever
         argv = [*argv, "--weights", str(tmp_path / "absent.pth"), "-o", str(tmp_path / "out")]
     imported, code, stderr = _run(*argv)
     assert code == (0 if "--help" in argv or "--version" in argv else 2), stderr
@@ -94,5 +102,34 @@ def test_absurd_values_are_refused_before_torch(tmp_path, argv) -> None:
     weights = ["--weights", str(tmp_path / "absent.pth"), "-o", str(tmp_path / "out")]
     imported, code, stderr = _run(*argv, *weights)
     assert code == 2, stderr
+    assert "Traceback" not in stderr
+    assert not imported
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--class", "tabby kat"], "unknown class 'tabby kat'; nearest: 'tabby'"),
+        (["--class", "1000"], "class 1000 is out of range: the model's classes are 0..999"),
+        (["--labels", "{tmp}/absent.txt"], "absent.txt: cannot read (no such file"),
+        (["--labels", "{tmp}/five.txt"], "5 names, but the model's head has 1000 outputs"),
+        (
+            ["--class", "cat", "--labels", "{tmp}/five.txt", "--weights", "{tmp}/absent.pth"],
+            "'cat' names classes 0, 1; give the index",
+        ),
+        (["--size", "4096", "--batch-size", "256"], "needs about"),
+        ([f"--class={n}" for n in range(21)], "21 classes: at most 20 per run"),
+    ],
+)
+def test_explain_refuses_classes_and_labels_before_torch(tmp_path, argv, message) -> None:
+    """With ImageNet's head (imagenet or random weights) or a labels file, the class names
+    are known without the model: a wrong one is refused before torch loads."""
+    (tmp_path / "five.txt").write_text("cat\ncat\ndog\nfox\nowl\n")
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    if "--weights" not in argv:
+        argv += ["--weights", "random"]
+    imported, code, stderr = _run("explain", "x.jpg", *argv, "-o", str(tmp_path / "out"))
+    assert code == 2, stderr
+    assert message in stderr
     assert "Traceback" not in stderr
     assert not imported

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,6 +17,7 @@ import click
 from vggviz import __version__
 from vggviz.cli.params import (
     arch_option,
+    batch_size_option,
     check_weights,
     cmap_option,
     flag,
@@ -24,14 +26,18 @@ from vggviz.cli.params import (
     json_option,
     model_arch_option,
     model_options,
+    normalize_option,
     output_dir_option,
     quiet_option,
     shard_option,
+    size_option,
+    stage_choice,
     trust_option,
 )
 from vggviz.cli.terminal import ExitCode, handle_errors, run_job, shown, stop_point
 from vggviz.core import vocabulary
 from vggviz.core.vocabulary import ARCHS, ModelSpec
+from vggviz.explain.request import TOP_MAX
 
 if TYPE_CHECKING:
     from vggviz.core.lifecycle import Summary
@@ -62,12 +68,13 @@ def _check_cmap(name: str) -> None:
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="vggviz")
 def cli() -> None:
-    """See what a VGG network does: its first-layer filters and what each conv layer makes
-    of a photo, as PNG pictures.
+    """See what a VGG network does: its first-layer filters, what each conv layer makes of a
+    photo, and what it predicts and where in the photo its evidence lies, as PNG pictures.
 
     \b
     Example:
         vggviz features photos/ -o outputs/
+        vggviz explain photos/ --weights my_vgg.pth -o explained/
         vggviz filters
         vggviz info
     """
@@ -260,15 +267,104 @@ def features(images, model, layer_spec, as_json, quiet, output_dir, **options) -
     request = job.Request(
         images=images, out_dir=output_dir, model=model, layers=layer_spec, **options
     )
+    sys.exit(run_job(job.run, request, _pictures_in(output_dir), quiet=quiet, as_json=as_json))
+
+
+def _pictures_in(out_dir: Path) -> Callable[[Summary], str]:
+    """The closing line of a per-image job: the counts, where the pictures are, what to open."""
 
     def closing(summary: Summary) -> str:
-        where = summary.index or request.out_dir
+        where = summary.index or out_dir
         return (
-            f"{summary.line()} · pictures in {shown(str(request.out_dir))}{os.sep} · "
+            f"{summary.line()} · pictures in {shown(str(out_dir))}{os.sep} · "
             f"open {shown(str(where))}"
         )
 
-    sys.exit(run_job(job.run, request, closing, quiet=quiet, as_json=as_json))
+    return closing
+
+
+@cli.command()
+@click.argument("images", nargs=-1, required=True)
+@model_options
+@click.option(
+    "-k",
+    "--top",
+    "k",
+    type=click.IntRange(1, TOP_MAX),
+    default=3,
+    show_default=True,
+    help="Classes predicted per photo, best first; without --class, also the ones explained.",
+)
+@click.option(
+    "--class",
+    "classes",
+    multiple=True,
+    metavar="NAME|INDEX",
+    help="Explain this class instead of the top K (repeatable): a name (tiger_cat or "
+    "'tiger cat') or an output index.",
+)
+@click.option(
+    "--labels",
+    default=None,
+    metavar="FILE",
+    help="Class names, one a line in output order, over those of the checkpoint or ImageNet.",
+)
+@click.option(
+    "--layer",
+    default=None,
+    help="The conv layer whose map is explained: conv13, features.40 or 13. "
+    "[default: the last conv]",
+)
+@stage_choice("That conv layer's map after the conv, its BatchNorm or its ReLU.")
+@size_option
+@normalize_option
+@batch_size_option
+@click.option(
+    "--check/--no-check",
+    "deletion_check",
+    default=True,
+    show_default=True,
+    help="The deletion check: each class's probability after blurring the 20% of the photo "
+    "with the most evidence, and 20% at random (K + 1 more forward passes a photo).",
+)
+@click.option(
+    "--save-raw",
+    is_flag=True,
+    help="Also write cams.npz: each explained class's evidence (class_<index>), float32, at "
+    "the layer's resolution, before upsampling or scaling.",
+)
+@click.option(
+    "--skip-existing",
+    is_flag=True,
+    help="Skip photos finished earlier from the same file with the same options.",
+)
+@shard_option("Do only the K-th of N deterministic parts of the inputs.")
+@json_option
+@quiet_option
+@output_dir_option
+@handle_errors
+def explain(images, model, k, classes, as_json, quiet, output_dir, **options) -> None:
+    """What the model predicts for each photo, and where in the photo its evidence lies
+    (Grad-CAM at the last conv), checked by blurring that evidence.
+
+    IMAGES are files or folders (walked recursively); - reads paths from stdin. Each photo
+    gets a folder in the output directory (cat.jpg -> cat_jpg/) holding explain.png (the
+    photo, its top predictions, one panel of evidence per class with its deletion check) and
+    record.json (written last); the run writes manifest.jsonl and index.html.
+
+    \b
+    Example:
+        vggviz explain examples/photos/cat.jpg --weights random
+        vggviz explain photos/ --weights my_vgg.pth --labels classes.txt -o explained/
+        vggviz explain cat.jpg --class 'tiger cat' --class 'Egyptian cat'
+        vggviz explain photos/ --json --quiet | jq -c '[.input, .predictions[0].label]'
+    """
+    from vggviz.explain import job as job
+
+    request = job.Request(
+        images=images, out_dir=output_dir, model=model, top=k, classes=classes, **options
+    )
+    sys.exit(run_job(job.run, request, _pictures_in(output_dir), quiet=quiet, as_json=as_json))
 
 
 @cli.group(invoke_without_command=True)

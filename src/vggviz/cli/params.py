@@ -133,46 +133,54 @@ def cmap_option(default: str | None, help: str) -> Decorator:
 grid_callback = checked(_grid)
 
 
+def stage_choice(help: str) -> Decorator:
+    """--stage (conv, bn or relu), with the command's own words for what it picks."""
+    return click.option(
+        "--stage",
+        type=click.Choice(vocabulary.STAGES),
+        default="relu",
+        show_default=True,
+        help=help,
+    )
+
+
+stage_option = stage_choice("Network mode: take each map after the conv, its BN or its ReLU.")
+
+size_option = click.option(
+    "--size",
+    type=click.IntRange(32, 4096),
+    default=224,
+    show_default=True,
+    help="Resize so the shorter side is this many pixels (aspect kept).",
+)
+
+normalize_option = click.option(
+    "--normalize/--no-normalize",
+    default=True,
+    show_default=True,
+    help="ImageNet mean/std normalisation (--no-normalize: plain [0, 1], as the tutorial).",
+)
+
+batch_size_option = click.option(
+    "--batch-size",
+    type=click.IntRange(1, 256),
+    default=1,
+    show_default=True,
+    help="Images of equal size sent through the network together.",
+)
+
+
 def input_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """--stage, --size, --normalize, --layers, --batch-size: how images meet the network, for
     every command that runs it over images."""
-    options = [
-        click.option(
-            "--stage",
-            type=click.Choice(vocabulary.STAGES),
-            default="relu",
-            show_default=True,
-            help="Network mode: take each map after the conv, its BN or its ReLU.",
-        ),
-        click.option(
-            "--size",
-            type=click.IntRange(32, 4096),
-            default=224,
-            show_default=True,
-            help="Resize so the shorter side is this many pixels (aspect kept).",
-        ),
-        click.option(
-            "--normalize/--no-normalize",
-            default=True,
-            show_default=True,
-            help="ImageNet mean/std normalisation (--no-normalize: plain [0, 1], as the tutorial).",
-        ),
-        click.option(
-            "--layers",
-            "layer_spec",
-            default="all",
-            show_default=True,
-            help="Which conv layers: all, or e.g. conv1,conv5-conv7.",
-        ),
-        click.option(
-            "--batch-size",
-            type=click.IntRange(1, 256),
-            default=1,
-            show_default=True,
-            help="Images of equal size sent through the network together.",
-        ),
-    ]
-    return stacked(options, func)
+    layers = click.option(
+        "--layers",
+        "layer_spec",
+        default="all",
+        show_default=True,
+        help="Which conv layers: all, or e.g. conv1,conv5-conv7.",
+    )
+    return stacked([stage_option, size_option, normalize_option, layers, batch_size_option], func)
 
 
 def model_options(func: Callable[..., Any]) -> Callable[..., Any]:

@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from vggviz.cli.params import flag
+from vggviz.cli.process import ClosedStdout, silence_stdout
 from vggviz.cli.process import StopFlag as StopFlag  # the commands' one import of both
 from vggviz.cli.process import Terminated as Terminated
-from vggviz.cli.process import silence_stdout
 from vggviz.cli.process import stop_point as stop_point
 from vggviz.core.errors import UsageError, VggvizError
 
@@ -92,6 +92,10 @@ class Progress:
     stop. Not a subclass, so that ``--help`` never imports the library's numpy side."""
 
     def __init__(self, stop: StopFlag, quiet: bool = False, as_json: bool = False) -> None:
+        if as_json and isinstance(sys.stdout, ClosedStdout):  # the records would be lost
+            raise click.ClickException(
+                "cannot write to standard output (it is closed); --json prints the records there"
+            )
         self.stop, self.quiet, self.as_json = stop, quiet, as_json
         self.show_bar = not quiet and sys.stderr is not None and sys.stderr.isatty()
         self.bar: Any = None

@@ -29,6 +29,7 @@ import itertools
 import json
 import os
 import re
+import stat
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path, PurePosixPath
@@ -111,7 +112,7 @@ def finished(folder: Path, print_: str, ident: Identity) -> Record | None:
     """The folder's record when it is a finished image of the same input and options, with
     every output it lists still there; otherwise None (the image must be redone)."""
     try:
-        record = json.loads((folder / RECORD).read_text(encoding="utf-8"))
+        record = json.loads(_read_record(folder / RECORD))
         complete = all(os.path.isfile(p) for p in record.get("outputs", []))
     except (OSError, ValueError, TypeError, AttributeError):
         return None
@@ -120,6 +121,21 @@ def finished(folder: Path, print_: str, ident: Identity) -> Record | None:
     if record.get("status") != "ok" or record.get("fingerprint") != print_:
         return None
     return record if record.get("identity") == ident else None  # type: ignore[return-value]
+
+
+RECORD_MAX = 16 << 20  # bytes: a record of 20 classes is 10 kB, of 13 layers 5 kB
+
+
+def _read_record(path: Path) -> str:
+    """A record's text, read only from a regular file of at most RECORD_MAX bytes: a link,
+    a FIFO or ``/dev/zero`` planted in its place would block, or fill the memory. Raises
+    OSError or ValueError for anything else."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode) or st.st_size > RECORD_MAX:
+            raise ValueError(f"{path}: not a record")
+        return f.read(RECORD_MAX + 1).decode("utf-8")
 
 
 # --- claims --------------------------------------------------------------------------------

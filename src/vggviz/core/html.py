@@ -7,13 +7,19 @@ Stdlib only: no torch, no click.
 
 from __future__ import annotations
 
+import functools
 import html
-from collections.abc import Iterable
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from vggviz.core.text import display
 
 TIMES = "\N{MULTIPLICATION SIGN}"
+
+Link = Callable[[Any], str | None]  # record path -> URL relative to the index, or None
 
 CSS = """
 :root { color-scheme: light; --fg: #1d2330; --muted: #5d6779; --line: #dde2ea;
@@ -126,3 +132,41 @@ def is_num(value: Any) -> bool:
 def is_seq(value: Any) -> bool:
     """A JSON array; a string would otherwise be taken one character at a time."""
     return isinstance(value, list | tuple)
+
+
+def linker(out_dir: Path) -> Link:
+    """Return a function turning a record path into a URL relative to ``out_dir``.
+
+    Record paths are relative to the working directory or absolute; the browser resolves
+    links against the index's folder, hence the relpath of resolved paths. Quoting makes
+    spaces, '#', '?' and non-ASCII names work, and turns ':' into %3A so that no file name
+    can pass for a URL scheme. Folders are resolved once each (a run has ~30 files per
+    folder and resolving is the slow part); a file that is itself a symlink is linked as is.
+    """
+    base = Path(out_dir).resolve()
+
+    def relative(path: str | Path) -> str:
+        resolved = Path(path).resolve()
+        try:
+            rel = os.path.relpath(resolved, base)
+        except ValueError:  # another drive on Windows: no relative path exists
+            return resolved.as_uri()
+        return "" if rel == os.curdir else quote(os.fsencode(rel.replace(os.sep, "/")), safe="/")
+
+    @functools.lru_cache(maxsize=1024)
+    def folder_prefix(folder: str) -> str:
+        url = relative(folder or os.curdir)
+        return url + "/" if url else ""
+
+    def link(path: Any) -> str | None:
+        if not isinstance(path, str | os.PathLike):
+            return None
+        text = os.fspath(path)
+        if not isinstance(text, str) or not text:
+            return None
+        folder, name = os.path.split(text)
+        if name in ("", os.curdir, os.pardir):
+            return relative(text) or "./"
+        return folder_prefix(folder) + quote(os.fsencode(name), safe="")
+
+    return link

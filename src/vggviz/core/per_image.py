@@ -32,7 +32,7 @@ How a new per-image job plugs in (``explain`` as the example; names are free)::
         output_type = ExplainOutput
         empty = {"classes": []}                      # its fields in error and skipped records
         def owns(self, name) -> bool:                 # files it writes in an image folder
-            return name in ("explain.png", "scores.npz")
+            return name in ("explain.png", "cams.npz")
         def process(self, batch) -> None:            # main thread: the model's work
             x = torch.from_numpy(batch.arrays()).to(device)   # (N, 3, H, W) float32
             ...                                       # forwards, gradients; between steps:

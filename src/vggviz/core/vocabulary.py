@@ -71,6 +71,7 @@ class ModelSpec:
 JOB_FILES = {
     "features": ("manifest*.jsonl",),
     "top": ("top.json", "top-scan*"),
+    "explain": (),  # newer than the marker: its folders always have one
 }
 
 # Tile sizes of a layer picture, here so that core/memory can bound a picture's bytes without

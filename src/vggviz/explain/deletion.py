@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -50,10 +50,22 @@ from torch import nn
 
 from vggviz.explain.gradcam import Explanation, evaluating, network_logits, placement
 
-__all__ = ["FRACTION", "Deletion", "blur", "deletion_masks", "deletion_test", "photo_seed"]
+__all__ = [
+    "FRACTION",
+    "Deletion",
+    "Stopped",
+    "blur",
+    "deletion_masks",
+    "deletion_test",
+    "photo_seed",
+]
 
 FRACTION = 0.2  # of the photo's pixels, deleted
 BLUR_SIGMA_AT_224 = 10.0  # px of Gaussian blur per 224 px of the shorter side
+
+
+class Stopped(Exception):
+    """The check was left between two forward passes because a stop was asked for."""
 
 
 @dataclass(frozen=True)
@@ -79,12 +91,14 @@ def deletion_test(
     fraction: float = FRACTION,
     seeds: Sequence[int] | None = None,
     batch_size: int = 8,
+    stopping: Callable[[], bool] | None = None,
 ) -> list[list[Deletion]]:
     """For each image of ``x`` (B, 3, H, W, prepared as for the network) and each class of
     its explanation: the deletion test, in the order of ``explanations[b].explained``.
 
     ``seeds``: one per image for its random deletion (default :func:`photo_seed`).
     ``batch_size``: most images per forward pass (B * (K + 1) images are run in all).
+    ``stopping``: polled before each forward pass; True raises :class:`Stopped`.
     """
     if len(explanations) != len(x):
         raise ValueError(f"{len(explanations)} explanations for {len(x)} images")
@@ -108,6 +122,8 @@ def deletion_test(
     logits = []
     with evaluating(model), torch.inference_mode():
         for start in range(0, len(jobs), batch_size):
+            if stopping is not None and stopping():
+                raise Stopped
             chunk = jobs[start : start + batch_size]
             index = torch.tensor([b for b, _ in chunk], device=device)
             masks = torch.stack([m for _, m in chunk])[:, None]  # (n, 1, H, W)

@@ -59,7 +59,9 @@ class Explanation:
 
     logits: np.ndarray  # float32 (N,), every output of the head
     probabilities: np.ndarray  # float32 (N,), their softmax
-    top: tuple[int, ...]  # the K most probable classes, best first (ties: lower index first)
+    top: tuple[int, ...]  # the K most probable classes, best first (by logit: ties in the
+    # probabilities, which underflow to 0 for a saturated head's other classes, are broken by
+    # the logits, then by the lower index)
     explained: tuple[ClassEvidence, ...]  # the top K, or the requested classes in their order
 
 
@@ -121,7 +123,7 @@ class GradCam:
                         param="class",
                     )
             probs = torch.softmax(scores, dim=1)
-            best = _ranked(probs, min(top, n))
+            best = _ranked(scores, min(top, n))
             chosen = best if classes is None else torch.tensor(classes).expand(len(x), -1)
             weights = _channel_weights(logits, fmap, chosen)  # (K, B, C) float32
         # evidence: ReLU of the channels weighted by their mean gradient (Selvaraju et al.,
@@ -180,9 +182,10 @@ def _channel_weights(
     return torch.stack(out)
 
 
-def _ranked(probs: torch.Tensor, k: int) -> torch.Tensor:
-    """(B, k) indices of the k largest probabilities, best first, ties by lower index."""
-    order = torch.sort(probs, dim=1, descending=True, stable=True).indices
+def _ranked(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """(B, k) indices of the k largest logits, best first, ties by lower index. Softmax
+    keeps the logits' order, but float32 probabilities tie at 0 where the logits differ."""
+    order = torch.sort(scores, dim=1, descending=True, stable=True).indices
     return order[:, :k].cpu()
 
 

@@ -8,17 +8,15 @@ torch or click.
 
 from __future__ import annotations
 
-import functools
-import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
-from urllib.parse import quote
 
 from vggviz.core import html as page
 from vggviz.core.files import atomic_file
 from vggviz.core.folders import index_name
 from vggviz.core.html import TIMES as _TIMES
+from vggviz.core.html import Link
 from vggviz.core.html import esc as _esc
 from vggviz.core.html import is_num as _is_num
 from vggviz.core.html import is_seq as _is_seq
@@ -29,8 +27,6 @@ from vggviz.features.folders import OVERVIEW
 
 INDEX_NAME = index_name("")
 _CHANNELS_SHOWN = 8  # channel numbers printed in a layer row; the rest are counted
-
-Link = Callable[[Any], str | None]  # record path -> URL relative to the index, or None
 
 
 def write_index(
@@ -51,48 +47,10 @@ def write_index(
     such as the model's conv1 filters.
     """
     out_dir = Path(out_dir)
-    link = _linker(out_dir)
+    link = page.linker(out_dir)
     with atomic_file(out_dir / name, "w") as fh:
         _write_page(fh, records, title=title, run_info=run_info, link=link, figures=figures)
     return out_dir / name
-
-
-def _linker(out_dir: Path) -> Link:
-    """Return a function turning a record path into a URL relative to ``out_dir``.
-
-    Record paths are relative to the working directory or absolute; the browser resolves
-    links against the index's folder, hence the relpath of resolved paths. Quoting makes
-    spaces, '#', '?' and non-ASCII names work, and turns ':' into %3A so that no file name
-    can pass for a URL scheme. Folders are resolved once each (a run has ~30 files per
-    folder and resolving is the slow part); a file that is itself a symlink is linked as is.
-    """
-    base = out_dir.resolve()
-
-    def relative(path: str | Path) -> str:
-        resolved = Path(path).resolve()
-        try:
-            rel = os.path.relpath(resolved, base)
-        except ValueError:  # another drive on Windows: no relative path exists
-            return resolved.as_uri()
-        return "" if rel == os.curdir else quote(os.fsencode(rel.replace(os.sep, "/")), safe="/")
-
-    @functools.lru_cache(maxsize=1024)
-    def folder_prefix(folder: str) -> str:
-        url = relative(folder or os.curdir)
-        return url + "/" if url else ""
-
-    def link(path: Any) -> str | None:
-        if not isinstance(path, str | os.PathLike):
-            return None
-        text = os.fspath(path)
-        if not isinstance(text, str) or not text:
-            return None
-        folder, name = os.path.split(text)
-        if name in ("", os.curdir, os.pardir):
-            return relative(text) or "./"
-        return folder_prefix(folder) + quote(os.fsencode(name), safe="")
-
-    return link
 
 
 def _write_page(
