@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import html
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -132,6 +132,49 @@ def is_num(value: Any) -> bool:
 def is_seq(value: Any) -> bool:
     """A JSON array; a string would otherwise be taken one character at a time."""
     return isinstance(value, list | tuple)
+
+
+# --- the parts every per-image job's index page shares ------------------------------------
+
+
+def status(record: Any) -> str:
+    """A record's status, or 'unknown'; safe to use as a CSS class."""
+    found = record.get("status") if isinstance(record, dict) else None
+    return found if found in ("ok", "error", "skipped") else "unknown"
+
+
+def summary(records: Sequence[Any], noun: str) -> str:
+    """One line with the counts a reader checks first: how many, how many went wrong."""
+    statuses = [status(r) for r in records]
+    failed, skipped = statuses.count("error"), statuses.count("skipped")
+    parts = [plural(len(records), noun)]
+    parts.append(f'<span class="{"bad" if failed else ""}">{failed} failed</span>')
+    parts.append(f'<span class="{"skip" if skipped else ""}">{skipped} skipped</span>')
+    return f'<p class="summary">{", ".join(parts)}</p>\n'
+
+
+def toc(records: Sequence[Any], noun: str) -> str:
+    """Anchored list of the inputs, scrollable so that a long run does not push the rest
+    down; entry N links to ``#img-N`` (see :func:`section_start`)."""
+    items = []
+    for n, record in enumerate(records, 1):
+        name = esc(text(record.get("input")) or f"{noun} {n}")
+        items.append(
+            f'<li class="{status(record)}"><a href="#img-{n}" title="{name}">{name}</a></li>'
+        )
+    return f'<nav class="toc"><ol>{"".join(items)}</ol></nav>\n'
+
+
+def section_start(n: int, record: Any, link: Link, noun: str) -> str:
+    """The opening of input N's section: its anchor, status badge and name (a link to it)."""
+    name = text(record.get("input")) or f"{noun} {n}"
+    found = status(record)
+    url = link(record.get("input"))
+    heading = f'<a href="{esc(url)}">{esc(name)}</a>' if url else esc(name)
+    return (
+        f'<section class="image" id="img-{n}">\n'
+        f'<h2><span class="badge {found}">{esc(found)}</span>{heading}</h2>\n'
+    )
 
 
 def linker(out_dir: Path) -> Link:

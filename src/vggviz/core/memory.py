@@ -24,10 +24,11 @@ the measured peak. ``tests/test_memory.py`` checks the bound against a real run.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from vggviz.core import vocabulary
-from vggviz.core.errors import UsageError
+from vggviz.core.errors import InputError, UsageError
 
 GB = 1e9
 
@@ -183,6 +184,25 @@ def _read_int(path: Path) -> int | None:
         return int(path.read_text(encoding="ascii").split()[0])
     except (OSError, ValueError, IndexError):
         return None
+
+
+def check_image_fits(
+    path: object, width: int, height: int, size: int, estimate: Callable[[int, int], int]
+) -> None:
+    """A run is checked for ``size`` x ``size`` images before it starts; one image resized to
+    ``width`` x ``height`` (a panorama, up to 4x longer) that cannot fit is that image's error
+    (InputError), not the death of the run. ``estimate(height, width)``: the job's peak for one
+    such image, without the baseline."""
+    if width * height <= size * size or check_disabled():
+        return
+    extra = estimate(height, width) - estimate(size, size)
+    room = available_bytes()
+    if room is not None and extra > room:
+        raise InputError(
+            str(path),
+            f"a {width}x{height} image needs about {extra / GB:.1f} GB more memory "
+            f"than the {room / GB:.1f} GB available",
+        )
 
 
 def check_fits(estimate: int, available: int | None, *, what: str = "this run") -> None:

@@ -18,7 +18,6 @@ import numpy as np
 import torch
 
 from vggviz.core import files, memory
-from vggviz.core.errors import InputError
 from vggviz.core.inputs import InputItem
 from vggviz.core.per_image import Batch, ImageOutput, ImageWork
 from vggviz.core.text import display
@@ -172,27 +171,13 @@ class ExplainWork(ImageWork):
         return is_owned(name)
 
     def check_image(self, item: InputItem, width: int, height: int) -> None:
-        """The run was checked for square images; a panorama (up to 4x longer) that cannot
-        fit is this image's error, not the death of the run."""
-        size = self.size
-        if width * height <= size * size or memory.check_disabled():
-            return
-        kw: dict[str, Any] = {
-            "layer": self.layer.index,
-            "classes": self.explained,
-            "batch_size": self.batch_size,
-            "baseline": False,
-        }
-        arch = self.loaded.arch
-        extra = explain_memory.estimate_peak_bytes(arch, height, width, **kw)
-        extra -= explain_memory.estimate_peak_bytes(arch, size, size, **kw)
-        room = memory.available_bytes()
-        if room is not None and extra > room:
-            raise InputError(
-                item.path,
-                f"a {width}x{height} image needs about {extra / 1e9:.1f} GB more memory "
-                f"than the {room / 1e9:.1f} GB available",
-            )
+        def estimate(h: int, w: int) -> int:
+            return explain_memory.estimate_peak_bytes(
+                self.loaded.arch, h, w, layer=self.layer.index, classes=self.explained,
+                batch_size=self.batch_size, baseline=False,
+            )  # fmt: skip
+
+        memory.check_image_fits(item.path, width, height, self.size, estimate)
 
     def process(self, batch: Batch) -> None:
         x = torch.from_numpy(batch.arrays()).to(self.loaded.device)

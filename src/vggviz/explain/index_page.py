@@ -113,23 +113,14 @@ def _write_page(
 ) -> None:
     """Stream the page section by section: 10,000 photos never sit in memory as one str."""
     fh.write(page.head(title, run_info.items(), CSS))
-    fh.write(_summary(records))
+    fh.write(page.summary(records, "photo"))
     fh.write(_class_table(records))
     fh.write(_unsure(records))
     if records:
-        fh.write(_toc(records))
+        fh.write("<h2>Photos</h2>\n" + page.toc(records, "photo"))
     for number, record in enumerate(records, 1):
         fh.write(_image_section(number, record, link))
     fh.write(page.FOOT)
-
-
-def _summary(records: Sequence[Mapping[str, Any]]) -> str:
-    statuses = [_status(r) for r in records]
-    failed, skipped = statuses.count("error"), statuses.count("skipped")
-    parts = [plural(len(records), "photo")]
-    parts.append(f'<span class="{"bad" if failed else ""}">{failed} failed</span>')
-    parts.append(f'<span class="{"skip" if skipped else ""}">{skipped} skipped</span>')
-    return f'<p class="summary">{", ".join(parts)}</p>\n'
 
 
 def _class_table(records: Sequence[Mapping[str, Any]]) -> str:
@@ -172,24 +163,11 @@ def _unsure(records: Sequence[Mapping[str, Any]]) -> str:
     )
 
 
-def _toc(records: Sequence[Mapping[str, Any]]) -> str:
-    items = []
-    for number, record in enumerate(records, 1):
-        name = esc(text(record.get("input")) or f"photo {number}")
-        items.append(
-            f'<li class="{_status(record)}"><a href="#img-{number}" title="{name}">{name}</a></li>'
-        )
-    return f'<h2>Photos</h2>\n<nav class="toc"><ol>{"".join(items)}</ol></nav>\n'
-
-
 def _image_section(number: int, record: Mapping[str, Any], link: Link) -> str:
     """One photo: heading, status, error, picture and predictions."""
     name = text(record.get("input")) or f"photo {number}"
-    status = _status(record)
-    parts = [f'<section class="image" id="img-{number}">\n']
-    input_url = link(record.get("input"))
-    heading = f'<a href="{esc(input_url)}">{esc(name)}</a>' if input_url else esc(name)
-    parts.append(f'<h2><span class="badge {status}">{esc(status)}</span>{heading}</h2>\n')
+    status = page.status(record)
+    parts = [page.section_start(number, record, link, "photo")]
     meta = [f"#{number}"]
     size = record.get("size")
     if is_seq(size) and size:
@@ -272,7 +250,7 @@ def _p(value: Any) -> str:
 
 
 def _first(record: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    if _status(record) == "error":
+    if page.status(record) == "error":
         return None
     predictions = _list(record.get("predictions"))
     first = predictions[0] if predictions else None
@@ -288,8 +266,3 @@ def _picture(record: Mapping[str, Any]) -> Any:
 
 def _list(value: Any) -> list[Any]:
     return list(value) if is_seq(value) else []
-
-
-def _status(record: Mapping[str, Any]) -> str:
-    status = record.get("status")
-    return status if status in ("ok", "error", "skipped") else "unknown"

@@ -17,7 +17,6 @@ import numpy as np
 import torch
 
 from vggviz.core import drawing, files, memory, values
-from vggviz.core.errors import InputError
 from vggviz.core.inputs import InputItem
 from vggviz.core.per_image import Batch, ImageOutput, ImageWork
 from vggviz.core.text import display
@@ -138,29 +137,16 @@ class FeaturesWork(ImageWork):
         return folders.owns(name)
 
     def check_image(self, item: InputItem, width: int, height: int) -> None:
-        """The run was checked for square images; a panorama (up to 4x longer) that cannot
-        fit is this image's error, not the death of the run."""
-        size = self.size
-        if width * height <= size * size or memory.check_disabled():
-            return
         grid = values.parse_grid(self.style.grid)
-        kw: dict[str, Any] = {
-            "batch_size": self.batch_size,
-            "mode": self.mode,
-            "save_raw": self.save_raw,
-            "tiles": None if grid == "all" else grid[0] * grid[1],
-            "baseline": False,
-        }
-        arch = self.loaded.arch
-        extra = memory.estimate_peak_bytes(arch, height, width, **kw)
-        extra -= memory.estimate_peak_bytes(arch, size, size, **kw)
-        room = memory.available_bytes()
-        if room is not None and extra > room:
-            raise InputError(
-                item.path,
-                f"a {width}x{height} image needs about {extra / 1e9:.1f} GB more memory "
-                f"than the {room / 1e9:.1f} GB available",
-            )
+        tiles = None if grid == "all" else grid[0] * grid[1]
+
+        def estimate(h: int, w: int) -> int:
+            return memory.estimate_peak_bytes(
+                self.loaded.arch, h, w, batch_size=self.batch_size, mode=self.mode,
+                save_raw=self.save_raw, tiles=tiles, baseline=False,
+            )  # fmt: skip
+
+        memory.check_image_fits(item.path, width, height, self.size, estimate)
 
     def process(self, batch: Batch) -> None:
         outs: list[FeatureOutput] = batch.outputs  # type: ignore[assignment]

@@ -21,7 +21,6 @@ from vggviz.core.html import esc as _esc
 from vggviz.core.html import is_num as _is_num
 from vggviz.core.html import is_seq as _is_seq
 from vggviz.core.html import number as _number
-from vggviz.core.html import plural as _plural
 from vggviz.core.html import text as _text
 from vggviz.features.folders import OVERVIEW
 
@@ -65,7 +64,7 @@ def _write_page(
     """Stream the page section by section, so 10,000 images never sit in memory as one str."""
     e = _esc
     fh.write(page.head(title, run_info.items()))
-    fh.write(_summary(records))
+    fh.write(page.summary(records, "image"))
     for caption, path in figures:
         href = link(path)
         if href:
@@ -74,41 +73,18 @@ def _write_page(
                 f"</a><figcaption>{e(caption)}</figcaption></figure>\n"
             )
     if records:
-        fh.write(_toc(records))
+        fh.write(page.toc(records, "image"))
     for number, record in enumerate(records, 1):
         fh.write(_image_section(number, record, link))
     fh.write(page.FOOT)
-
-
-def _summary(records: Sequence[Mapping[str, Any]]) -> str:
-    """One line with the counts a reader checks first: how many, how many went wrong."""
-    statuses = [_status(r) for r in records]
-    failed, skipped = statuses.count("error"), statuses.count("skipped")
-    parts = [_plural(len(records), "image")]
-    parts.append(f'<span class="{"bad" if failed else ""}">{failed} failed</span>')
-    parts.append(f'<span class="{"skip" if skipped else ""}">{skipped} skipped</span>')
-    return f'<p class="summary">{", ".join(parts)}</p>\n'
-
-
-def _toc(records: Sequence[Mapping[str, Any]]) -> str:
-    """Anchored list of images, scrollable so that a long run does not push the pages down."""
-    items = []
-    for number, record in enumerate(records, 1):
-        name = _esc(_text(record.get("input")) or f"image {number}")
-        status = _status(record)
-        items.append(f'<li class="{status}"><a href="#img-{number}" title="{name}">{name}</a></li>')
-    return f'<nav class="toc"><ol>{"".join(items)}</ol></nav>\n'
 
 
 def _image_section(number: int, record: Mapping[str, Any], link: Link) -> str:
     """One image: heading, status, error, overview, layer table, and any other outputs."""
     e = _esc
     name = _text(record.get("input")) or f"image {number}"
-    status = _status(record)
-    parts = [f'<section class="image" id="img-{number}">\n']
-    input_url = link(record.get("input"))
-    heading = f'<a href="{e(input_url)}">{e(name)}</a>' if input_url else e(name)
-    parts.append(f'<h2><span class="badge {status}">{e(status)}</span>{heading}</h2>\n')
+    status = page.status(record)
+    parts = [page.section_start(number, record, link, "image")]
 
     meta = [f"#{number}"]
     size = record.get("size")
@@ -220,9 +196,3 @@ def _channels(channels: Any) -> str:
     if len(values) > _CHANNELS_SHOWN:
         text += f", … ({len(values)} total)"
     return _esc(text)
-
-
-def _status(record: Mapping[str, Any]) -> str:
-    """The record's status, or 'unknown'; safe to use as a CSS class."""
-    status = record.get("status")
-    return status if status in ("ok", "error", "skipped") else "unknown"
