@@ -12,9 +12,10 @@ import html
 import os
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 from urllib.parse import quote
 
+from vggviz.core.files import atomic_file
 from vggviz.core.text import display
 
 TIMES = "\N{MULTIPLICATION SIGN}"
@@ -132,6 +133,17 @@ def is_num(value: Any) -> bool:
 def is_seq(value: Any) -> bool:
     """A JSON array; a string would otherwise be taken one character at a time."""
     return isinstance(value, list | tuple)
+
+
+def write(out_dir: str | Path, name: str, body: Callable[[IO[str], Link], None]) -> Path:
+    """``out_dir/<name>``, streamed by ``body(file, link)`` (``link``: record paths to URLs
+    relative to the page) to a temporary name and moved into place: a reader, or a crash,
+    never sees half a page, and an older page survives a failed rewrite."""
+    out_dir = Path(out_dir)
+    link = linker(out_dir)
+    with atomic_file(out_dir / name, "w") as fh:
+        body(fh, link)
+    return out_dir / name
 
 
 # --- the parts every per-image job's index page shares ------------------------------------

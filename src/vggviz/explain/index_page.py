@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import IO, Any
 
 from vggviz.core import html as page
-from vggviz.core.files import atomic_file
 from vggviz.core.folders import index_name
 from vggviz.core.html import Link, esc, is_num, is_seq, plural, text
 from vggviz.explain.request import PICTURE
@@ -96,11 +95,11 @@ def write_index(
 ) -> Path:
     """Write ``out_dir/<name>`` for ``records`` (atomically) and return its path. Records may
     be incomplete: missing keys are left out."""
-    out_dir = Path(out_dir)
-    link = page.linker(out_dir)
-    with atomic_file(out_dir / name, "w") as fh:
-        _write_page(fh, records, title=title, run_info=run_info, link=link)
-    return out_dir / name
+    return page.write(
+        out_dir,
+        name,
+        lambda fh, link: _write_page(fh, records, title=title, run_info=run_info, link=link),
+    )
 
 
 def _write_page(

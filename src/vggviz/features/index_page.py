@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import IO, Any
 
 from vggviz.core import html as page
-from vggviz.core.files import atomic_file
 from vggviz.core.folders import index_name
 from vggviz.core.html import TIMES as _TIMES
 from vggviz.core.html import Link
@@ -39,17 +38,17 @@ def write_index(
 ) -> Path:
     """Write ``out_dir/<name>`` for ``records`` and return its path.
 
-    The file is streamed to a temporary name in ``out_dir`` and moved into place
-    (:func:`vggviz.core.files.atomic_file`), so a reader (or a crash) never sees half a page and
-    an older index survives a failed rewrite. Records may be incomplete: missing keys are
-    left out. ``figures`` (caption, path) are run-wide pictures shown above the images,
+    The file is streamed to a temporary name and moved into place (:func:`vggviz.core.html.write`).
+    Records may be incomplete: missing keys are left out. ``figures`` (caption, path) are run-wide pictures shown above the images,
     such as the model's conv1 filters.
     """
-    out_dir = Path(out_dir)
-    link = page.linker(out_dir)
-    with atomic_file(out_dir / name, "w") as fh:
-        _write_page(fh, records, title=title, run_info=run_info, link=link, figures=figures)
-    return out_dir / name
+    return page.write(
+        out_dir,
+        name,
+        lambda fh, link: _write_page(
+            fh, records, title=title, run_info=run_info, link=link, figures=figures
+        ),
+    )
 
 
 def _write_page(

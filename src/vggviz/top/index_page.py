@@ -17,7 +17,6 @@ from typing import IO, Any
 from urllib.parse import quote
 
 from vggviz.core import html as page
-from vggviz.core.files import atomic_file
 from vggviz.core.html import TIMES as _TIMES
 from vggviz.core.html import esc as _esc
 from vggviz.core.html import is_num as _is_num
@@ -84,10 +83,7 @@ def write_top_index(
     The file is written to a temporary name and moved into place. Missing or odd fields are
     left out rather than failing the page.
     """
-    out_dir = Path(out_dir)
-    with atomic_file(out_dir / name, "w") as fh:
-        _write_page(fh, result, pages, strips)
-    return out_dir / name
+    return page.write(out_dir, name, lambda fh, _link: _write_page(fh, result, pages, strips))
 
 
 def _url(path: Any) -> str | None:
