@@ -38,9 +38,10 @@ def write_index(
 ) -> Path:
     """Write ``out_dir/<name>`` for ``records`` and return its path.
 
-    The file is streamed to a temporary name and moved into place (:func:`vggviz.core.html.write`).
-    Records may be incomplete: missing keys are left out. ``figures`` (caption, path) are run-wide pictures shown above the images,
-    such as the model's conv1 filters.
+    The file is streamed to a temporary name and moved into place
+    (:func:`vggviz.core.html.write`). Records may be incomplete: missing keys are left out.
+    ``figures`` (caption, path) are run-wide pictures shown above the images, such as the
+    model's conv1 filters.
     """
     return page.write(
         out_dir,
