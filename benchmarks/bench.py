@@ -313,9 +313,9 @@ def latency(cmd: Sequence[str], expect_rc: int, scratch: Path) -> tuple[float, R
 @dataclass
 class Forward:
     """The bare network's photos/s, with OpenMP's idle threads spinning (torch's default) and
-    sleeping (what ``vggviz`` sets): the faster of the two is the baseline, so that the
-    comparison never flatters vggviz (spinning wins on an idle machine, loses badly on a
-    busy one)."""
+    sleeping (what ``vggviz`` sets), and the weights channels-last (what vggviz uses) or in
+    torch's default layout: the fastest is the baseline, so that the comparison never
+    flatters vggviz (spinning wins on an idle machine, loses badly on a busy one)."""
 
     precision: str
     rates: dict[str, list[float]] = field(default_factory=dict)  # policy -> one per repeat
@@ -330,21 +330,25 @@ class Forward:
 
     @property
     def detail(self) -> str:
-        return ", ".join(f"{self.policy_rate(p):.2f} with {p} OpenMP threads" for p in self.rates)
+        return ", ".join(f"{self.policy_rate(p):.2f} with {p}" for p in self.rates)
 
 
 OMP_POLICIES = {"spinning": "ACTIVE", "sleeping": "PASSIVE"}
+LAYOUTS = ("channels-last", "default")
 
 
-def forward_here(folder: Path, precision: str, device: str) -> None:
+def forward_here(folder: Path, precision: str, device: str, layout: str) -> None:
     """Print the bare network's photos/s on ``folder``: ``model.features`` at batch 1, loaded
-    and preprocessed as vggviz does, after one warm-up photo (oneDNN's set-up)."""
+    and preprocessed as vggviz does, after one warm-up photo (oneDNN's set-up), with its
+    weights in ``layout``: channels-last (what vggviz uses) or torch's default."""
     import torch
 
     from vggviz.core import images
     from vggviz.model.loading import load_model
 
     loaded = load_model("vgg16_bn", str(CHECKPOINT), device=device, precision=precision)
+    if layout == "default":
+        loaded.model.features.to(memory_format=torch.contiguous_format)
     xs = [
         torch.from_numpy(images.to_array(images.resize_for_model(images.load_rgb(p), 224), True))
         for p in sorted(folder.glob("*.jpg"))
@@ -367,22 +371,25 @@ def forward_here(folder: Path, precision: str, device: str) -> None:
 
 
 def measure_forward(fwd: Forward, device: str) -> list[str]:
-    """One run per OpenMP wait policy; returns what to log."""
+    """One run per weights layout and OpenMP wait policy; returns what to log."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--forward", fwd.precision]
     got = []
-    for policy, value in OMP_POLICIES.items():
-        env = {**os.environ, "OMP_WAIT_POLICY": value}
-        done = subprocess.run(
-            [*cmd, "--device", device], capture_output=True, text=True, cwd=REPO, env=env
-        )
-        if done.returncode != 0:
-            fwd.error = (done.stderr.strip().splitlines() or ["failed"])[-1]
-            got.append(f"{policy}: FAILED ({fwd.error})")
-            continue
-        result = json.loads(done.stdout.strip().splitlines()[-1])
-        rate = result["photos"] / result["seconds"]
-        fwd.rates.setdefault(policy, []).append(rate)
-        got.append(f"{rate:.2f} photos/s ({policy} OpenMP threads)")
+    for layout in LAYOUTS:
+        for policy, value in OMP_POLICIES.items():
+            env = {**os.environ, "OMP_WAIT_POLICY": value}
+            done = subprocess.run(
+                [*cmd, "--device", device, "--layout", layout],
+                capture_output=True, text=True, cwd=REPO, env=env,
+            )  # fmt: skip
+            what = f"{policy} OpenMP threads, {layout}"
+            if done.returncode != 0:
+                fwd.error = (done.stderr.strip().splitlines() or ["failed"])[-1]
+                got.append(f"{what}: FAILED ({fwd.error})")
+                continue
+            result = json.loads(done.stdout.strip().splitlines()[-1])
+            rate = result["photos"] / result["seconds"]
+            fwd.rates.setdefault(what, []).append(rate)
+            got.append(f"{rate:.2f} photos/s ({what})")
     return got
 
 
@@ -541,6 +548,7 @@ def report(
     lat: dict[str, tuple[float, Run | None]],
     compare: dict[str, Any] | str | None,
     header: str,
+    drawing: dict[str, int | None],
 ) -> str:
     base = configs["tutorial"]
     lines = [
@@ -608,6 +616,17 @@ def report(
             f"{share:.0%} of it."
         )
         folder_rows.append((precision, cfg.rate, fwd.rate))
+    if ok("folder60"):
+        workers = f"{drawing['all']} drawing worker(s)" if drawing.get("all") else "drawing"
+        line = f"Cores: the folder run on all {len(os.sched_getaffinity(0))} cores used {workers}"
+        if ok("folder60_core"):
+            single = configs["folder60_core"]
+            line += (
+                f"; on one core ({drawing.get('one')} worker) it drew "
+                f"{single.rate:.2f} photos/s: all cores are "
+                f"{configs['folder60'].rate / single.rate:.2f}x one"
+            )
+        lines.append(line + ".")
     flat = None
     if ok("folder60") and ok("folder100"):
         b60, b100 = configs["folder60"], configs["folder100"]
@@ -755,6 +774,7 @@ def build_configs(vggviz: str, device: str, py: str, bf16: bool) -> dict[str, Co
             60 * LAYERS,
             60,
         ),
+        *one_core_config(feats, folder60, common),
         Config(
             "batch8",
             "vggviz features on the 60-photo folder, --batch-size 8, fp32",
@@ -787,6 +807,38 @@ def build_configs(vggviz: str, device: str, py: str, bf16: bool) -> dict[str, Co
             ),
         ]
     return {c.key: c for c in configs}
+
+
+def first_core() -> int | None:
+    """The first core this process may use, when it may use more than one and ``taskset``
+    is there to pin a run to it."""
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    return cores[0] if len(cores) > 1 and shutil.which("taskset") else None
+
+
+def one_core_config(feats: list[str], folder: str, common: list[str]) -> list[Config]:
+    core = first_core()
+    if core is None:
+        return []
+    cmd = ["taskset", "-c", str(core), *feats, folder, *common, "--precision", "fp32"]
+    label = f"vggviz features on the 60-photo folder, one core (`taskset -c {core}`), fp32"
+    return [Config("folder60_core", label, [cmd], 60 * LAYERS, 60)]
+
+
+def drawing_workers(device: str, pin: int | None = None) -> int | None:
+    """The drawing workers vggviz sizes for the folder run (asked in a child process, pinned
+    to core ``pin`` when given, as the run is)."""
+    code = (
+        "from vggviz.core import memory, per_image; "
+        f"one = memory.estimate_peak_bytes('vgg16_bn', {FOLDER_SIZE[1]}, {FOLDER_SIZE[0]}, "
+        "baseline=False); "
+        f"print(per_image.drawing_workers({device != 'cpu'}, one))"
+    )
+    cmd = [sys.executable, "-c", code]
+    if pin is not None:
+        cmd = ["taskset", "-c", str(pin), *cmd]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    return int(done.stdout) if done.returncode == 0 and done.stdout.strip().isdigit() else None
 
 
 def native_bf16(device: str) -> bool:
@@ -830,13 +882,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--setup-only", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--forward", choices=("fp32", "bf16"), help=argparse.SUPPRESS)
+    parser.add_argument("--layout", choices=LAYOUTS, default=LAYOUTS[0], help=argparse.SUPPRESS)
     parser.add_argument("--compare", nargs=2, type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.setup_only:
         setup_here()
         return 0
     if args.forward:
-        forward_here(FOLDER60, args.forward, args.device)
+        forward_here(FOLDER60, args.forward, args.device, args.layout)
         return 0
     if args.compare:
         compare_here(*args.compare)
@@ -864,7 +917,8 @@ def main(argv: list[str] | None = None) -> int:
     forwards = {p: Forward(p) for p in (("fp32", "bf16") if bf16 else ("fp32",))}
     order = [
         "tutorial", "features", "random", "filters", "chain", "bf16",
-        "folder60", "forward-fp32", "folder60_bf16", "forward-bf16", "batch8", "folder100",
+        "folder60", "forward-fp32", "folder60_core", "folder60_bf16", "forward-bf16",
+        "batch8", "folder100",
     ]  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="vggviz-bench-") as tmp:
         scratch = Path(tmp)
@@ -900,7 +954,11 @@ def main(argv: list[str] | None = None) -> int:
         f", {load()} at end; harness peak RSS {mib(harness_peak())} MiB (a floor under each row); "
         f"the bench took {(time.perf_counter() - started) / 60:.1f} min"
     )
-    text = report(configs, forwards, lat, compare, header)
+    core = first_core()
+    drawing = {"all": drawing_workers(args.device), "one": None}
+    if core is not None:
+        drawing["one"] = drawing_workers(args.device, core)
+    text = report(configs, forwards, lat, compare, header, drawing)
     print(text)
     out = HERE / f"results-{args.device}.md"
     out.write_text(text)

@@ -59,12 +59,31 @@ class TextMask:
     bbox: tuple[int, int, int, int]  # what ImageDraw.textbbox gives at the origin
 
 
-@functools.lru_cache(maxsize=8192)
+SEPARATOR = "  ·  "  # between the parts of a title line
+COMPOSABLE = frozenset("0123456789.-+e#x")
+"""Characters a label is put together from, glyph by glyph (numbers, ``#12``, ``64x56x84``):
+in the bundled font their advances are whole pixels and no pair of them is kerned, so the
+result is the same to the pixel as the whole string rendered (``tests/test_drawing_speed``)."""
+
+
 def text_mask(text: str, size: int) -> TextMask:
-    """The coverage of ``text`` in ``font(size)``; channel labels and layer names repeat on
-    every picture of every photo, and FreeType was 0.14 core-s per photo. Text is drawn as
+    """The coverage of ``text`` in ``font(size)``. Text is drawn as
     :func:`~vggviz.core.text.display` shows it: a file name's line break stays on one line."""
-    text = display(text)
+    return _mask(display(text), size)
+
+
+@functools.lru_cache(maxsize=8192)
+def _mask(text: str, size: int) -> TextMask:
+    """Rendered once per distinct (text, size): channel labels and layer names repeat on
+    every picture of every photo, and FreeType was 0.14 core-s per photo. A title line
+    (``photo.jpg  ·  conv3 (features.7)  ·  128x112x168``) or a number is put together from
+    cached parts, since as a whole it is new on every picture: FreeType holds the GIL, and
+    rendering them was a third of a photo's drawing time on the drawing lanes."""
+    parts = _parts(text)
+    if len(parts) > 1:
+        pieces = _joined(parts, size)
+        if pieces is not None:
+            return pieces
     f = font(size)
     x0, y0, x1, y1 = (int(v) for v in f.getbbox(text))
     mask = Image.new("L", (max(1, x1 - x0), max(1, y1 - y0)), 0)
@@ -72,10 +91,54 @@ def text_mask(text: str, size: int) -> TextMask:
     return TextMask(mask, np.asarray(mask), (x0, y0), (x0, y0, x1, y1))
 
 
+def _parts(text: str) -> list[str]:
+    if len(text) > 1 and COMPOSABLE.issuperset(text):
+        return list(text)
+    if SEPARATOR in text and text != SEPARATOR:
+        split = text.split(SEPARATOR)
+        return [p for part in split for p in (part, SEPARATOR)][:-1]
+    return [text]
+
+
+def _joined(parts: list[str], size: int) -> TextMask | None:
+    """``parts`` rendered one by one and laid side by side at their advances, as FreeType
+    lays out the whole: exact where each part's advance is a whole number of pixels and no
+    glyph is kerned across a boundary (separators are spaced; the composable characters
+    have no kerning pairs). None where an advance is fractional: render the whole."""
+    masks, pens, pen = [], [], 0
+    for part in parts:
+        if not part:
+            continue
+        advance = _advance(part, size)
+        if not float(advance).is_integer():
+            return None
+        masks.append(_mask(part, size))
+        pens.append(pen)
+        pen += int(advance)
+    x0 = min(p + m.bbox[0] for p, m in zip(pens, masks, strict=True))
+    y0 = min(m.bbox[1] for m in masks)
+    x1 = max(p + m.bbox[2] for p, m in zip(pens, masks, strict=True))
+    y1 = max(m.bbox[3] for m in masks)
+    mask = Image.new("L", (max(1, x1 - x0), max(1, y1 - y0)), 0)
+    for p, m in zip(pens, masks, strict=True):  # as FreeType's glyphs are laid over each other
+        mask.paste(255, (p + m.offset[0] - x0, m.offset[1] - y0), m.mask)
+    return TextMask(mask, np.asarray(mask), (x0, y0), (x0, y0, x1, y1))
+
+
 @functools.lru_cache(maxsize=8192)
+def _advance(text: str, size: int) -> float:
+    return font(size).getlength(text)
+
+
 def text_length(text: str, size: int) -> float:
     """Advance width of ``text`` (as drawn: :func:`text_mask`), as ``ImageDraw.textlength``."""
-    return font(size).getlength(display(text))
+    shown = display(text)
+    parts = _parts(shown)
+    if len(parts) > 1:
+        advances = [_advance(part, size) for part in parts if part]
+        if all(float(a).is_integer() for a in advances):
+            return float(sum(advances))
+    return _advance(shown, size)
 
 
 def draw_text(

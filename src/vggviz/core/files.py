@@ -12,8 +12,8 @@ import fcntl
 import io
 import os
 import tempfile
+import time
 import zipfile
-import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,15 +22,11 @@ from typing import IO, Any
 import numpy as np
 from PIL import Image
 
+from vggviz.core import png
 from vggviz.core.text import dumps
 
 TMP_SUFFIX = ".vggviz-tmp"
-PNG_COMPRESS_LEVEL = 1  # 5x faster than Pillow's default, a few % larger
-# RGB: run-length matching (Z_RLE) is the fastest at the same size. Palette pictures (one
-# byte a pixel) deflate 25% smaller with ordinary matching, at the same speed (layer pictures
-# of a 336x224 photo: 2.5 MB instead of 3.3 MB, RGB was 5.4 MB).
-PNG_STRATEGY = {"RGB": zlib.Z_RLE, "P": zlib.Z_DEFAULT_STRATEGY}
-RLE_ABOVE = 1_000_000  # pixels; conv1 and conv2 of a 336x224 photo: 8 ms instead of 17
+PNG_COMPRESS_LEVEL = 1  # what Pillow writes (modes png.encode does not take): 5x faster
 
 
 def _umask() -> int:
@@ -121,6 +117,11 @@ def hold(lock: Path) -> int:
             raise
         if not locked:
             pid = _read_pid(fd)
+            for _ in range(20):  # the holder writes its pid just after it locks: wait a little
+                if pid:
+                    break
+                time.sleep(0.005)
+                pid = _read_pid(fd)
             os.close(fd)
             holder = f" (pid {pid})" if pid else ""
             raise Held(f"another vggviz run{holder} is writing it", pid)
@@ -186,13 +187,14 @@ def atomic_file(path: Path, mode: str = "wb") -> Iterator[IO[Any]]:
 
 def save_png(image: Image.Image, path: Path) -> Path:
     """``image`` (RGB, or palette "P") as a PNG at ``path``, written atomically."""
-    buffer = io.BytesIO()  # encode first: the file then exists only for one short write
-    strategy = PNG_STRATEGY.get(image.mode, zlib.Z_RLE)
-    if image.width * image.height > RLE_ABOVE:  # big palette pictures: twice as fast, 5% larger
-        strategy = zlib.Z_RLE
-    image.save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL, compress_type=strategy)
+    if png.encodable(image):  # encode first: the file then exists only for one short write
+        data: bytes | memoryview = png.encode(image)
+    else:
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+        data = buffer.getbuffer()
     with atomic_file(path) as f:
-        f.write(buffer.getbuffer())
+        f.write(data)
     return path
 
 

@@ -8,19 +8,20 @@ already finished from the same file with the same fingerprint; decode and resize
 (``core/images``), letting the job refuse an image too large for memory; claim its folder
 (another live run's folder is skipped); then batch equal shapes (``core/inputs``). Each
 batch goes to the job's :meth:`ImageWork.process` on the main thread; what the job hands to
-:meth:`Batch.draw` runs on one drawing thread, in order, while the next batch computes; PNGs
-are encoded on two more threads. Every image then ends in exactly one of two ways: finished
-(its pictures, then ``record.json`` last) or discarded (what this run wrote removed, the folder
-given up). Records are delivered in input order. A full disk or ``events.should_stop()`` ends
-the run early: a flag polled between steps, never an exception thrown into one. An exception
-keeps the rule too: one from a drawing step fails its image (an error record), one that ends
-the run (the caller's ``on_record`` raising, a bug) discards every image not yet finished
-before it leaves the engine.
+:meth:`Batch.draw` runs on that image's drawing lane (a thread; several images are drawn at
+once where there are cores to spare, :func:`drawing_workers`), in order, while the next batch
+computes; PNGs are encoded on more threads. Every image then ends in exactly one of two ways:
+finished (its pictures, then ``record.json`` last) or discarded (what this run wrote removed,
+the folder given up). Records are delivered in input order. A full disk or
+``events.should_stop()`` ends the run early: a flag polled between steps, never an exception
+thrown into one. An exception keeps the rule too: one from a drawing step fails its image (an
+error record), one that ends the run (the caller's ``on_record`` raising, a bug) discards
+every image not yet finished before it leaves the engine.
 
 How a new per-image job plugs in (``explain`` as the example; names are free)::
 
     class ExplainOutput(per_image.ImageOutput):      # one photo's outputs
-        def draw(self, scores, heat) -> None:        # runs on the drawing thread, in order
+        def draw(self, scores, heat) -> None:        # runs on its drawing lane, in order
             if self.live:                            # False after an error or a stop
                 self.save(picture(self.photo, scores, heat), self.folder / "explain.png")
                 self.scores = scores                 # (save encodes on an encoder thread;
@@ -81,7 +82,7 @@ from typing import Any, ClassVar
 import numpy as np
 from PIL import Image
 
-from vggviz.core import files, folders, images, inputs, lifecycle
+from vggviz.core import files, folders, images, inputs, lifecycle, memory
 from vggviz.core.errors import InputError, OutputError
 from vggviz.core.folders import Record
 from vggviz.core.inputs import InputItem
@@ -112,8 +113,8 @@ class Prepared:
 
 class ImageOutput:
     """One image's outputs while this run holds its folder. A job subclasses it with the
-    methods its :meth:`ImageWork.process` hands to :meth:`Batch.draw` (they run on the drawing
-    thread, in order), and overrides :meth:`complete`, :meth:`abort` and :meth:`fields`.
+    methods its :meth:`ImageWork.process` hands to :meth:`Batch.draw` (they run on its drawing
+    lane, in order), and overrides :meth:`complete`, :meth:`abort` and :meth:`fields`.
 
     Pictures go through :meth:`save` (encoded on the encoder threads, listed as outputs); an
     OSError while drawing goes to :meth:`failed`. Once :attr:`live` is False (an error, or the
@@ -164,7 +165,7 @@ class ImageOutput:
         """After the folder is emptied, before any drawing (e.g. open a staged file)."""
 
     def complete(self) -> None:
-        """On the drawing thread, after every drawing step and before the record: the last
+        """On the image's drawing lane, after every drawing step and before the record: the last
         pictures (e.g. an overview) and staged files (add them to :attr:`outputs`)."""
 
     def abort(self) -> None:
@@ -256,11 +257,12 @@ class ImageWork:
     """What a per-image job brings to the engine; subclass it and implement :meth:`process`.
 
     ``fingerprint`` digests every option that shapes the outputs (``folders.fingerprint``):
-    a finished folder with another fingerprint is redone, never skipped.
+    a finished folder with another fingerprint is redone, never skipped. ``draw_workers``:
+    images drawn at once, each on its own lane (:func:`drawing_workers` sizes it).
     """
 
     output_type: ClassVar[type[ImageOutput]] = ImageOutput
-    backlog: int = 8  # drawing steps waiting at most; bounds the memory of maps in flight
+    backlog: int = 8  # drawing steps waiting per lane; bounds the memory of maps in flight
     empty: ClassVar[Mapping[str, Any]] = MappingProxyType({})  # job fields of an empty record
 
     def __init__(
@@ -271,9 +273,11 @@ class ImageWork:
         normalize: bool = True,
         batch_size: int = 1,
         skip_existing: bool = False,
+        draw_workers: int = 1,
     ) -> None:
         self.fingerprint, self.size, self.normalize = fingerprint, size, normalize
         self.batch_size, self.skip_existing = batch_size, skip_existing
+        self.draw_workers = draw_workers
 
     def owns(self, name: str) -> bool:
         """Whether a file of this name in an image folder is one this job writes (and so may
@@ -290,6 +294,32 @@ class ImageWork:
         ``batch.abandon()`` to give the batch up. A RuntimeError (out of memory) fails every
         image of the batch with its first line."""
         raise NotImplementedError
+
+
+MAX_DRAW_WORKERS = 8
+DRAW_SHARE = 4
+"""On a CPU, one drawing worker per this many cores: drawing a photo costs a third to half
+of the core-seconds of its forward pass (AVX2 to AVX-512), which takes the other cores."""
+
+
+def drawing_workers(accelerator: bool, image_bytes: int) -> int:
+    """How many images to draw at once: from the cores this process may use (its affinity:
+    ``taskset``, a SLURM allocation), never more than the memory there is holds
+    (``image_bytes``: what one more image in flight costs), at most MAX_DRAW_WORKERS.
+    With an accelerator the forward pass leaves the CPU to drawing, but for one core that
+    feeds it. ``VGGVIZ_DRAW_WORKERS`` sets the number (benchmarks)."""
+    forced = os.environ.get("VGGVIZ_DRAW_WORKERS", "")
+    if forced.isdigit() and int(forced) > 0:
+        return min(int(forced), MAX_DRAW_WORKERS)
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # macOS and Windows have no affinity call
+        cores = os.cpu_count() or 1
+    wanted = cores - 1 if accelerator else cores // DRAW_SHARE
+    room = memory.available_bytes()
+    if room is not None and image_bytes > 0:
+        wanted = min(wanted, room // (2 * image_bytes))  # half of what is free, at most
+    return int(max(1, min(wanted, MAX_DRAW_WORKERS)))
 
 
 class Batch:
@@ -310,7 +340,8 @@ class Batch:
         return np.stack([p.array for p in self.prepared])
 
     def draw(self, step: Callable[..., Any], *args: Any) -> None:
-        """Run ``step(*args)`` on the drawing thread, after every step handed over before."""
+        """Run ``step(*args)``, a method of one of the batch's images, on that image's drawing
+        lane, after every step handed over for it before."""
         self._draw(step, *args)
 
     def stopping(self) -> bool:
@@ -345,7 +376,7 @@ def skipped_record(
 
 
 class _Backlog:
-    """Futures of the drawing thread, waited for in order once too many are pending, so that
+    """Futures of the drawing lanes, waited for in order once too many are pending, so that
     memory stays flat; each one's record is delivered in input order."""
 
     def __init__(self, limit: int, deliver: Callable[[Record], None]) -> None:
@@ -389,7 +420,8 @@ class Engine:
         self.should_stop = should_stop
         self.disk_full: str | None = None
         self.on_record = on_record
-        self._in_flight: set[ImageOutput] = set()  # handed to the drawing thread, not finished
+        self._in_flight: set[ImageOutput] = set()  # handed to the drawing lanes, not finished
+        self._images = 0  # images handed over so far: the next one's lane
         self._lock = threading.Lock()
 
     def full(self, message: str) -> None:
@@ -422,12 +454,18 @@ class Engine:
                     pending[id(result)] = result
                 yield result
 
-        # the drawing pool is left (drained) before the encoders it hands pictures to
-        with (
-            ThreadPoolExecutor(max_workers=2, thread_name_prefix="vggviz-png") as encoder,
-            ThreadPoolExecutor(max_workers=1, thread_name_prefix="vggviz-draw") as pool,
-        ):
-            backlog = _Backlog(self.work.backlog, deliver)
+        workers = max(1, self.work.draw_workers)
+        with contextlib.ExitStack() as stack:  # lanes are drained before the encoders they feed
+            encoder = stack.enter_context(
+                ThreadPoolExecutor(max_workers=workers + 1, thread_name_prefix="vggviz-png")
+            )
+            lanes = [
+                stack.enter_context(
+                    ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"vggviz-draw{n}")
+                )
+                for n in range(workers)
+            ]
+            backlog = _Backlog(self.work.backlog * workers, deliver)
             try:
                 batches = inputs.batch_by_shape(prepared(), self.work.batch_size, _shape)
                 for batch, passed in batches:
@@ -437,13 +475,13 @@ class Engine:
                         for p in batch:
                             p.claim.release(remove_folder=True)
                     elif batch:
-                        self._process(batch, pool, encoder, backlog)
+                        self._process(batch, lanes, encoder, backlog)
                     for record in passed:
                         backlog.add(_resolved(record))
                 backlog.drain()
             except BaseException as err:
                 # whatever it is (a reader gone, a bug), no image is left half-made: those
-                # not finished yet are discarded as the drawing thread reaches them
+                # not finished yet are discarded as their drawing lanes reach them
                 with self._lock:
                     for out in self._in_flight:
                         out.abandoned = True
@@ -492,9 +530,14 @@ class Engine:
             return error_record(item, message, empty, err.errno in DISK_FULL)
         return Prepared(item, claim, ident, photo, array)
 
-    def _process(self, prepared: list[Prepared], pool, encoder, backlog: _Backlog) -> None:
+    def _process(
+        self, prepared: list[Prepared], lanes: Sequence[Executor], encoder, backlog: _Backlog
+    ) -> None:
         outs = [self.work.output_type(p, self.work, encoder, self.full) for p in prepared]
+        lane: dict[int, Executor] = {}  # each image's steps run in order on one lane
         for out in outs:
+            lane[id(out)] = lanes[self._images % len(lanes)]
+            self._images += 1
             try:
                 out.start()
             except OSError as err:
@@ -503,7 +546,10 @@ class Engine:
                 out.broken(err)
 
         def draw(step: Callable[..., Any], *args: Any) -> None:
-            backlog.add(pool.submit(_step, outs, step, *args))
+            owner = getattr(step, "__self__", None)
+            if id(owner) not in lane:
+                raise TypeError("a drawing step is a method of one of the batch's images")
+            backlog.add(lane[id(owner)].submit(_step, owner, step, *args))
 
         with self._lock:
             self._in_flight.update(outs)
@@ -523,7 +569,7 @@ class Engine:
                     out.error = (
                         f"{display(str(out.item.path))}: the forward pass failed ({failure})"
                     )
-                finishing.append(pool.submit(self._finish, out))
+                finishing.append(lane[id(out)].submit(self._finish, out))
         for future in finishing:
             backlog.add(future)
 
@@ -545,16 +591,13 @@ class _CallerFailed(BaseException):
         self.error = error
 
 
-def _step(outs: Sequence[ImageOutput], step: Callable[..., Any], *args: Any) -> None:
-    """A drawing step on the drawing thread: an exception fails its image (all of the batch's
-    when the step is not one image's), which then ends as an error record, never as a record
-    that lists what was not drawn."""
+def _step(owner: ImageOutput, step: Callable[..., Any], *args: Any) -> None:
+    """A drawing step on its image's lane: an exception fails the image, which then ends as
+    an error record, never as a record that lists what was not drawn."""
     try:
         step(*args)
     except Exception as err:
-        owner = getattr(step, "__self__", None)
-        for out in [owner] if isinstance(owner, ImageOutput) else outs:
-            out.broken(err)
+        owner.broken(err)
 
 
 def _shape(result: Prepared | Record) -> tuple[int, ...] | None:

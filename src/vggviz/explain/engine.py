@@ -71,7 +71,7 @@ ExplanationRecord = TypedDict(
 
 
 class ExplainOutput(ImageOutput):
-    """One image's picture, evidence arrays and record fields, made on the drawing thread."""
+    """One image's picture, evidence arrays and record fields, made on its drawing lane."""
 
     work: ExplainWork
 

@@ -1,5 +1,5 @@
 """What ``features`` adds to the shared per-image engine (:mod:`vggviz.core.per_image`): the
-network's maps of each batch, layer by layer, handed to the drawing thread as soon as each is
+network's maps of each batch, layer by layer, handed to the drawing lanes as soon as each is
 computed, and each image's outputs: a picture per layer, the overview, ``maps.npz`` with
 ``--save-raw``, and its part of the record.
 
@@ -10,13 +10,14 @@ discarded and get no record), never cut in the middle of a picture.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
-from vggviz.core import drawing, files, memory, values
+from vggviz.core import drawing, files, memory, per_image, values
 from vggviz.core.inputs import InputItem
 from vggviz.core.per_image import Batch, ImageOutput, ImageWork
 from vggviz.core.text import display
@@ -31,7 +32,7 @@ class _Stopped(Exception):
 
 
 class FeatureOutput(ImageOutput):
-    """One image's pictures, filled layer by layer on the drawing thread."""
+    """One image's pictures, filled layer by layer on its drawing lane."""
 
     work: FeaturesWork
 
@@ -53,36 +54,35 @@ class FeatureOutput(ImageOutput):
         if self.work.save_raw:
             self.raw = files.NpzWriter(self.folder / folders.RAW)
 
-    def add_layer(self, layer: ConvLayer, fmap: np.ndarray) -> None:
+    def add_layer(self, layer: ConvLayer, maps: np.ndarray | Kept) -> None:
+        """Draw one layer: ``maps`` is its full (C, H, W) map, or what :func:`keep` kept."""
         if not self.live:
             return
         style = self.work.style
         try:
-            finite = bool(np.isfinite(fmap).all())
-            if not finite:  # overflowing weights: draw what is finite, and say so
-                fmap = _finite(fmap)
+            kept = maps if isinstance(maps, Kept) else keep(maps, self.work)
             # near float32's limit, means and spans overflow again: the picture is still right
             with np.errstate(over="ignore", invalid="ignore"):
-                means = drawing.channel_means(fmap)  # once, for the picture, overview, record
                 image, channels = pictures.layer_picture(
-                    fmap,
+                    kept,  # type: ignore[arg-type]  (what layer_picture reads of a map)
                     alias=layer.alias,
                     module=layer.name,
                     caption=self.caption,
                     style=style,
                     photo=self.photo,
-                    means=means,
+                    means=kept.means,
                 )
             path = self.save(image, self.folder / folders.picture_name(layer.index, layer.alias))
             if self.raw:
-                self.raw.add(layer.alias, fmap)
+                assert isinstance(maps, np.ndarray)
+                self.raw.add(layer.alias, maps)
             if self.work.overview:
                 with np.errstate(over="ignore", invalid="ignore"):
-                    tiles, top = pictures.overview_tiles(fmap, style, means=means)
+                    tiles, top = pictures.overview_tiles(kept, style, means=kept.means)  # type: ignore[arg-type]
                 self.rows.append(
-                    pictures.OverviewRow(layer.alias, layer.name, fmap.shape, tiles, top)
+                    pictures.OverviewRow(layer.alias, layer.name, kept.shape, tiles, top)
                 )
-            self.layers.append(_layer_stats(layer, fmap, means, finite, channels, str(path)))
+            self.layers.append(_layer_stats(layer, kept, channels, str(path)))
         except OSError as err:
             self.failed(err)
 
@@ -130,32 +130,40 @@ class FeaturesWork(ImageWork):
         self.loaded, self.layers, self.mode, self.stage = loaded, layers, mode, stage
         self.style = style or pictures.Style()
         self.save_raw, self.overview = save_raw, overview
+        if "draw_workers" not in common:
+            one = self.image_bytes(self.size, self.size) // max(1, self.batch_size)
+            self.draw_workers = per_image.drawing_workers(loaded.device.type != "cpu", one)
         # chain-mode maps are full resolution (up to 100 MB a layer): keep few waiting
         self.backlog = 2 if mode == "chain" else len(layers) + 2
 
     def owns(self, name: str) -> bool:
         return folders.owns(name)
 
-    def check_image(self, item: InputItem, width: int, height: int) -> None:
+    def image_bytes(self, height: int, width: int) -> int:
+        """The memory a batch of ``height`` x ``width`` images takes, without the baseline."""
         grid = values.parse_grid(self.style.grid)
-        tiles = None if grid == "all" else grid[0] * grid[1]
+        return memory.estimate_peak_bytes(
+            self.loaded.arch, height, width, batch_size=self.batch_size, mode=self.mode,
+            save_raw=self.save_raw, tiles=None if grid == "all" else grid[0] * grid[1],
+            baseline=False,
+        )  # fmt: skip
 
-        def estimate(h: int, w: int) -> int:
-            return memory.estimate_peak_bytes(
-                self.loaded.arch, h, w, batch_size=self.batch_size, mode=self.mode,
-                save_raw=self.save_raw, tiles=tiles, baseline=False,
-            )  # fmt: skip
-
-        memory.check_image_fits(item.path, width, height, self.size, estimate)
+    def check_image(self, item: InputItem, width: int, height: int) -> None:
+        memory.check_image_fits(item.path, width, height, self.size, self.image_bytes)
 
     def process(self, batch: Batch) -> None:
         outs: list[FeatureOutput] = batch.outputs  # type: ignore[assignment]
+        # A batch's maps are one tensor, held until its last image is drawn: with several
+        # images, keep only what drawing needs at once (conv1 of 8 photos at 336x224 is 154
+        # MB; 16 of its 64 channels are drawn). One image's stay whole: the summary is done
+        # on its drawing lane, in parallel with the forward pass.
+        early = len(outs) > 1 and not self.save_raw
 
         def hand_over(layer: ConvLayer, tensor: torch.Tensor) -> None:
             # drawing starts while the network computes the next layers
             arrays = _chw(tensor.float().cpu())
             for out, fmap in zip(outs, arrays, strict=True):
-                batch.draw(out.add_layer, layer, fmap)
+                batch.draw(out.add_layer, layer, keep(fmap, self) if early else fmap)
             if batch.stopping():
                 raise _Stopped
 
@@ -168,6 +176,51 @@ class FeaturesWork(ImageWork):
                     hand_over(layer, tensor)
         except _Stopped:
             batch.abandon()
+
+
+@dataclass(frozen=True)
+class Kept:
+    """What drawing and the record need of one image's (C, H, W) map: its statistics and
+    the channels any picture may draw. Indexing it by channel numbers gives those channels'
+    maps, as indexing the whole map would, so the pictures cannot differ."""
+
+    shape: tuple[int, int, int]
+    means: np.ndarray  # (C,) every channel's mean
+    finite: bool
+    max: float
+    zero_fraction: float
+    channels: dict[int, int]  # channel -> its row in maps
+    maps: np.ndarray  # (k, H, W) float32
+
+    def __getitem__(self, channels: Sequence[int]) -> np.ndarray:
+        return self.maps[[self.channels[c] for c in channels]]
+
+
+def keep(fmap: np.ndarray, work: FeaturesWork) -> Kept:
+    """Summarize a map for drawing: statistics, and the channels chosen for the layer's
+    picture and the overview (non-finite values made finite first, as drawing needs)."""
+    finite = bool(np.isfinite(fmap).all())
+    if not finite:  # overflowing weights: draw what is finite, and say so
+        fmap = _finite(fmap)
+    style, c = work.style, fmap.shape[0]
+    with np.errstate(over="ignore", invalid="ignore"):
+        means = drawing.channel_means(fmap)  # once, for the picture, overview, record
+        rows, cols = drawing.grid_shape(style.grid, c)
+        chosen = set(drawing.select_channels(fmap, rows * cols, style.select, means))
+        if work.overview:
+            chosen.update(drawing.select_channels(fmap, pictures.OVERVIEW_MAPS, "top", means))
+        top = float(fmap.max())
+    order = sorted(chosen)
+    maps = fmap if len(order) == c else fmap[order]
+    return Kept(
+        (c, fmap.shape[1], fmap.shape[2]),
+        means,
+        finite,
+        top,
+        float(np.count_nonzero(fmap == 0) / fmap.size),
+        {channel: row for row, channel in enumerate(order)},
+        maps,
+    )
 
 
 def _chw(tensor: torch.Tensor) -> np.ndarray:
@@ -186,20 +239,16 @@ def _finite(fmap: np.ndarray) -> np.ndarray:
 
 
 def _layer_stats(
-    layer: ConvLayer,
-    fmap: np.ndarray,
-    means: np.ndarray,
-    finite: bool,
-    channels: list[int],
-    path: str,
+    layer: ConvLayer, kept: Kept, channels: list[int], path: str
 ) -> folders.LayerStats:
+    finite = kept.finite
     return {
         "name": layer.alias,
         "module": layer.name,
-        "shape": list(fmap.shape),  # every channel has H x W values: the mean of the means
-        "mean": round(float(means.mean(dtype=np.float64)), 6) if finite else None,
-        "max": round(float(fmap.max()), 6) if finite else None,
-        "zero_fraction": round(float(np.count_nonzero(fmap == 0) / fmap.size), 6),
+        "shape": list(kept.shape),  # every channel has H x W values: the mean of the means
+        "mean": round(float(kept.means.mean(dtype=np.float64)), 6) if finite else None,
+        "max": round(kept.max, 6) if finite else None,
+        "zero_fraction": round(kept.zero_fraction, 6),
         "nonfinite": not finite,
         "channels": channels,
         "picture": path,

@@ -322,6 +322,30 @@ def _place(
         # channels-last conv weights: the forward pass is 35% faster on an AVX-512 CPU
         # (224x336: 97 instead of 150 ms), and it is the layout GPUs' tensor cores want
         module.to(device=device, dtype=dtype, memory_format=torch.channels_last)
+        if type(module) is nn.BatchNorm2d and device.type == "cpu":
+            module.__class__ = InPlaceBatchNorm2d
+
+
+class InPlaceBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d that, in eval mode without autograd, writes its output over its input
+    (the conv's output, which nothing else reads): one map fewer in memory at the forward's
+    peak (154 MB for 8 photos of 336x224), and no fresh allocation to fault in. The numbers
+    are the same to the bit: it is torch's own kernel, given its input as the output. Like
+    VGG's ``ReLU(inplace=True)`` it says ``inplace``, so a hook that keeps the conv's output
+    copies it first (:func:`vggviz.model.hooks.followed_in_place`)."""
+
+    inplace = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        grad = torch.is_grad_enabled() and x.requires_grad
+        if self.training or grad or self.running_mean is None or self.running_var is None:
+            return super().forward(x)
+        empty = x.new_empty(0)
+        torch.ops.aten.native_batch_norm.out(
+            x, self.weight, self.bias, self.running_mean, self.running_var, False, 0.0,
+            self.eps, out=x, save_mean=empty, save_invstd=empty.clone(),
+        )  # fmt: skip
+        return x
 
 
 def _no_head(contents: Contents) -> str:
