@@ -122,8 +122,12 @@ class Checkpoint:
 
     def tensors(self, names: list[str]) -> dict[str, torch.Tensor]:
         """The tensors of ``names`` (those the file has), read now (mapped where it can)."""
-        assert self._fetch is not None
+        assert self._fetch is not None, "the checkpoint's tensors were released"
         return self._fetch([n for n in names if n in self.shapes])
+
+    def release(self) -> None:
+        """Let go of the file's tensors (its memory mapping) once the model holds its own."""
+        self._fetch = None
 
 
 def read_checkpoint(path: str | Path, *, trust: bool = False) -> Checkpoint:
