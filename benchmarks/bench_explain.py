@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import bench  # the features bench: photos, process measurement, machine line
-from bench import CACHE, MIB, REPO, Run, log, measure
+from bench import CACHE, HERE, MIB, REPO, Run, log, measure
 
 GRADCAM_ENV = CACHE / "gradcam"
 GRADCAM_PACKAGES = (
@@ -360,7 +360,11 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(scratch, ignore_errors=True)
     log("where the time goes ...")
     parts = measure_parts(py, folder, args.parts_photos)
-    print(report(runs, args.photos, parts, started, (time.monotonic() - begun) / 60))
+    text = report(runs, args.photos, parts, started, (time.monotonic() - begun) / 60)
+    print(text)
+    out = HERE / "results-explain-cpu.md"
+    out.write_text(text)
+    log(f"written to {out}")
     failed = any(not r.ok for c in runs for r in c.runs)
     return 1 if failed else 0
 
