@@ -11,7 +11,6 @@ import os
 import threading
 import zlib
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -23,7 +22,7 @@ from PIL import Image, ImageDraw
 from vggviz.cli import cli
 from vggviz.core import drawing, files, memory, per_image, png
 from vggviz.core.text import display
-from vggviz.features import engine, pictures
+from vggviz.features import pictures
 from vggviz.model.hooks import network_maps
 from vggviz.model.loading import InPlaceBatchNorm2d, load_model
 
@@ -108,10 +107,9 @@ def test_save_png_writes_the_picture_and_falls_back_to_pillow_for_other_modes(tm
 def test_what_a_batch_keeps_draws_the_same_pictures_as_the_whole_map(style, overview) -> None:
     fmap = _maps(seed=3)
     fmap[5, 0, 0] = np.inf  # overflowing weights: drawn as finite values, and said
-    work = SimpleNamespace(style=style, overview=overview)
-    kept = engine.keep(fmap, work)  # type: ignore[arg-type]
+    kept = pictures.keep(fmap, style, overview)
     assert len(kept.channels) < fmap.shape[0] or style.grid == "all"
-    whole = engine._finite(fmap)
+    whole = pictures.finite_map(fmap)
     means = drawing.channel_means(whole)
     assert kept.finite is False and np.array_equal(kept.means, means)
     for kind, drawn in [
@@ -149,7 +147,7 @@ def _same_folders(a: Path, b: Path, records: list[dict]) -> None:
             assert np.array_equal(_pixels(picture)[1], _pixels(other)[1]), picture
 
 
-def test_drawing_lanes_change_nothing_but_the_speed(tmp_path, vgg11_bn_file, monkeypatch) -> None:
+def test_lanes_and_processes_change_nothing_but_the_speed(tmp_path, vgg11_bn_file, monkeypatch):
     folder = tmp_path / "photos"
     for i in range(7):
         write_photo(folder / f"p{i}.png", 40 + 8 * (i % 2), 56, seed=i)
@@ -161,8 +159,12 @@ def test_drawing_lanes_change_nothing_but_the_speed(tmp_path, vgg11_bn_file, mon
         return step(owner, *args)
 
     monkeypatch.setattr(per_image, "_step", spy)
+    started = []  # drawing holds the GIL: several lanes draw in processes
+    real = per_image.drawing_processes
+    monkeypatch.setattr(per_image, "drawing_processes", lambda n: started.append(n) or real(n))
     one = _features(tmp_path / "one", vgg11_bn_file, folder, env={"VGGVIZ_DRAW_WORKERS": "1"})
     three = _features(tmp_path / "three", vgg11_bn_file, folder, env={"VGGVIZ_DRAW_WORKERS": "3"})
+    assert started == [3]
     drawn_by = [lanes[r["folder"]] for r in three]
     assert all(len(threads) == 1 for threads in drawn_by)  # an image's steps: one lane
     assert len(set().union(*drawn_by)) == 3
@@ -203,8 +205,9 @@ def test_drawing_workers_follow_the_cores_and_the_memory(monkeypatch) -> None:
     assert per_image.drawing_workers(False, 10**8) == 1
     assert per_image.drawing_workers(True, 10**8) == 1
     monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: set(range(64)), raising=False)
-    monkeypatch.setattr(memory, "available_bytes", lambda: 6 * 10**8)
-    assert per_image.drawing_workers(True, 10**8) == 3  # half the free memory: 3 images
+    room = 6 * (10**8 + per_image.PROCESS_BYTES)
+    monkeypatch.setattr(memory, "available_bytes", lambda: room)
+    assert per_image.drawing_workers(True, 10**8) == 3  # half the free memory: 3 lanes
     monkeypatch.setattr(memory, "available_bytes", lambda: 10**7)
     assert per_image.drawing_workers(True, 10**8) == 1  # never none
     monkeypatch.setenv("VGGVIZ_DRAW_WORKERS", "5")
@@ -318,3 +321,27 @@ def test_the_weights_file_is_let_go_once_the_model_holds_its_weights(tmp_path, v
     assert loaded.contents is not None and loaded.contents.checkpoint.shapes  # info still there
     x = torch.randn(1, 3, 32, 32)
     assert network_maps(loaded.model, loaded.layers, x, "relu")  # and it runs
+
+
+def test_a_drawing_process_that_dies_leaves_the_drawing_to_the_run(
+    tmp_path, vgg11_bn_file, monkeypatch
+) -> None:
+    """A drawing process killed (by hand, by the kernel for memory) breaks the pool: the
+    images go on being drawn in the run's own process, the same pictures, no error."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    class Broken:
+        def submit(self, *_args, **_kwargs):
+            raise BrokenProcessPool("a process in the pool was terminated abruptly")
+
+        def shutdown(self, **_kwargs) -> None:
+            pass
+
+    folder = tmp_path / "photos"
+    for i in range(4):
+        write_photo(folder / f"p{i}.png", 40, 56, seed=i)
+    one = _features(tmp_path / "one", vgg11_bn_file, folder, env={"VGGVIZ_DRAW_WORKERS": "1"})
+    monkeypatch.setattr(per_image, "drawing_processes", lambda _n: Broken())
+    two = _features(tmp_path / "two", vgg11_bn_file, folder, env={"VGGVIZ_DRAW_WORKERS": "2"})
+    assert [r["status"] for r in two] == ["ok"] * 4
+    _same_folders(tmp_path / "one", tmp_path / "two", one)

@@ -185,14 +185,22 @@ def atomic_file(path: Path, mode: str = "wb") -> Iterator[IO[Any]]:
         raise
 
 
+def png_bytes(image: Image.Image) -> bytes:
+    """``image`` (RGB, or palette "P") encoded as a PNG file's bytes."""
+    if png.encodable(image):
+        return png.encode(image)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+    return buffer.getvalue()
+
+
 def save_png(image: Image.Image, path: Path) -> Path:
     """``image`` (RGB, or palette "P") as a PNG at ``path``, written atomically."""
-    if png.encodable(image):  # encode first: the file then exists only for one short write
-        data: bytes | memoryview = png.encode(image)
-    else:
-        buffer = io.BytesIO()
-        image.save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
-        data = buffer.getbuffer()
+    return save_bytes(png_bytes(image), path)  # encoded first: the file exists for one write
+
+
+def save_bytes(data: bytes, path: Path) -> Path:
+    """``data`` (a file encoded elsewhere: a drawing process's PNG) at ``path``, atomically."""
     with atomic_file(path) as f:
         f.write(data)
     return path

@@ -69,11 +69,14 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import multiprocessing
 import os
+import signal
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -284,6 +287,9 @@ class ImageWork:
         replace or remove); ``record.json`` always is."""
         return False
 
+    def close(self) -> None:
+        """After the run's last image: let go of what drawing held (processes)."""
+
     def check_image(self, item: InputItem, width: int, height: int) -> None:
         """Refuse (InputError) an image whose resized size the run cannot afford, before its
         input is made; the run was checked for square images, a panorama may be more."""
@@ -297,6 +303,7 @@ class ImageWork:
 
 
 MAX_DRAW_WORKERS = 8
+PROCESS_BYTES = 100 * 10**6  # a drawing process: Python, numpy, Pillow, matplotlib's maps
 DRAW_SHARE = 4
 """On a CPU, one drawing worker per this many cores: drawing a photo costs a third to half
 of the core-seconds of its forward pass (AVX2 to AVX-512), which takes the other cores."""
@@ -317,9 +324,33 @@ def drawing_workers(accelerator: bool, image_bytes: int) -> int:
         cores = os.cpu_count() or 1
     wanted = cores - 1 if accelerator else cores // DRAW_SHARE
     room = memory.available_bytes()
-    if room is not None and image_bytes > 0:
-        wanted = min(wanted, room // (2 * image_bytes))  # half of what is free, at most
+    if room is not None:  # each lane holds an image's maps and a drawing process
+        wanted = min(wanted, room // (2 * (image_bytes + PROCESS_BYTES)))  # half of the room
     return int(max(1, min(wanted, MAX_DRAW_WORKERS)))
+
+
+def drawing_processes(count: int) -> ProcessPoolExecutor:
+    """``count`` processes for drawing steps that keep the GIL. Spawned, not forked: the
+    parent runs torch's threads. They ignore Ctrl-C and SIGTERM (the run polls its stop flag
+    and shuts them down) and end within a second of the run's process if it is killed."""
+    return ProcessPoolExecutor(
+        max_workers=count,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_drawing_process,
+    )
+
+
+def _drawing_process() -> None:
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+    parent = os.getppid()
+
+    def orphaned() -> None:  # the run was killed (kill -9, OOM): end with it
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=orphaned, daemon=True).start()
 
 
 class Batch:
@@ -454,8 +485,10 @@ class Engine:
                     pending[id(result)] = result
                 yield result
 
-        workers = max(1, self.work.draw_workers)
+        # no more lanes than images: a lone photo never waits for processes to start
+        self.work.draw_workers = workers = max(1, min(self.work.draw_workers, len(pairs)))
         with contextlib.ExitStack() as stack:  # lanes are drained before the encoders they feed
+            stack.callback(self.work.close)  # and the job's drawing processes after both
             encoder = stack.enter_context(
                 ThreadPoolExecutor(max_workers=workers + 1, thread_name_prefix="vggviz-png")
             )

@@ -9,15 +9,19 @@ discarded and get no record), never cut in the middle of a picture.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
 from types import MappingProxyType
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import torch
+from PIL import Image
 
-from vggviz.core import drawing, files, memory, per_image, values
+from vggviz.core import files, memory, per_image, values
 from vggviz.core.inputs import InputItem
 from vggviz.core.per_image import Batch, ImageOutput, ImageWork
 from vggviz.core.text import display
@@ -25,6 +29,8 @@ from vggviz.features import folders, pictures
 from vggviz.model.hooks import chain_maps, network_maps
 from vggviz.model.layers import ConvLayer
 from vggviz.model.loading import LoadedModel
+
+T = TypeVar("T")
 
 
 class _Stopped(Exception):
@@ -54,42 +60,41 @@ class FeatureOutput(ImageOutput):
         if self.work.save_raw:
             self.raw = files.NpzWriter(self.folder / folders.RAW)
 
-    def add_layer(self, layer: ConvLayer, maps: np.ndarray | Kept) -> None:
+    def add_layer(self, layer: ConvLayer, maps: np.ndarray | pictures.Kept) -> None:
         """Draw one layer: ``maps`` is its full (C, H, W) map, or what :func:`keep` kept."""
         if not self.live:
             return
-        style = self.work.style
+        work = self.work
         try:
-            kept = maps if isinstance(maps, Kept) else keep(maps, self.work)
-            # near float32's limit, means and spans overflow again: the picture is still right
-            with np.errstate(over="ignore", invalid="ignore"):
-                image, channels = pictures.layer_picture(
-                    kept,  # type: ignore[arg-type]  (what layer_picture reads of a map)
-                    alias=layer.alias,
-                    module=layer.name,
-                    caption=self.caption,
-                    style=style,
-                    photo=self.photo,
-                    means=kept.means,
-                )
-            path = self.save(image, self.folder / folders.picture_name(layer.index, layer.alias))
+            kept = maps if isinstance(maps, pictures.Kept) else keep(maps, work)
+            drawn = work.drawn(
+                pictures.draw_layer,
+                kept, layer.alias, layer.name, self.caption, work.style, self.photo, work.overview,
+            )  # fmt: skip
+            path = self.folder / folders.picture_name(layer.index, layer.alias)
+            self._save(drawn.picture, path)
             if self.raw:
                 assert isinstance(maps, np.ndarray)
                 self.raw.add(layer.alias, maps)
-            if self.work.overview:
-                with np.errstate(over="ignore", invalid="ignore"):
-                    tiles, top = pictures.overview_tiles(kept, style, means=kept.means)  # type: ignore[arg-type]
+            if drawn.overview is not None:
+                tiles, top = drawn.overview
                 self.rows.append(
                     pictures.OverviewRow(layer.alias, layer.name, kept.shape, tiles, top)
                 )
-            self.layers.append(_layer_stats(layer, kept, channels, str(path)))
+            self.layers.append(_layer_stats(layer, kept, drawn.channels, str(path)))
         except OSError as err:
             self.failed(err)
 
+    def _save(self, picture: Image.Image | bytes, path: Path) -> None:
+        self.save(picture, path, files.save_bytes if isinstance(picture, bytes) else None)  # type: ignore[arg-type]
+
     def complete(self) -> None:
-        if self.work.overview and self.rows:
-            image = pictures.overview_picture(self.rows, self.photo, self.caption, self.work.style)
-            self.save(image, self.folder / folders.OVERVIEW)
+        work = self.work
+        if work.overview and self.rows:
+            picture = work.drawn(
+                pictures.draw_overview, self.rows, self.photo, self.caption, work.style
+            )
+            self._save(picture, self.folder / folders.OVERVIEW)
         if self.raw:
             self.outputs.append(self.raw.close())
             self.raw = None
@@ -133,8 +138,35 @@ class FeaturesWork(ImageWork):
         if "draw_workers" not in common:
             one = self.image_bytes(self.size, self.size) // max(1, self.batch_size)
             self.draw_workers = per_image.drawing_workers(loaded.device.type != "cpu", one)
+        self._processes: ProcessPoolExecutor | None = None
+        self._starting = threading.Lock()
+        self._lost = False  # the drawing processes died: draw here
         # chain-mode maps are full resolution (up to 100 MB a layer): keep few waiting
         self.backlog = 2 if mode == "chain" else len(layers) + 2
+
+    def drawn(self, draw: Callable[..., T], *args: Any) -> T:
+        """``draw(*args, encode)``: in a drawing process, one per lane, when a run draws on
+        several lanes (drawing holds the GIL most of its time, so threads alone would draw
+        about one image at a time), with ``encode`` True so that PNG bytes come back; here
+        otherwise. Should a process die (killed, out of memory), the rest is drawn here."""
+        with self._starting:  # lanes ask at once
+            if self._processes is None and self.draw_workers > 1 and not self._lost:
+                self._processes = per_image.drawing_processes(self.draw_workers)
+            pool = self._processes
+        if pool is not None:
+            try:
+                return pool.submit(draw, *args, True).result()
+            except BrokenProcessPool:
+                with self._starting:
+                    self._lost = True
+                    self._processes = None
+                pool.shutdown(wait=False, cancel_futures=True)
+        return draw(*args, False)
+
+    def close(self) -> None:
+        if self._processes is not None:
+            self._processes.shutdown(cancel_futures=True)
+            self._processes = None
 
     def owns(self, name: str) -> bool:
         return folders.owns(name)
@@ -178,49 +210,9 @@ class FeaturesWork(ImageWork):
             batch.abandon()
 
 
-@dataclass(frozen=True)
-class Kept:
-    """What drawing and the record need of one image's (C, H, W) map: its statistics and
-    the channels any picture may draw. Indexing it by channel numbers gives those channels'
-    maps, as indexing the whole map would, so the pictures cannot differ."""
-
-    shape: tuple[int, int, int]
-    means: np.ndarray  # (C,) every channel's mean
-    finite: bool
-    max: float
-    zero_fraction: float
-    channels: dict[int, int]  # channel -> its row in maps
-    maps: np.ndarray  # (k, H, W) float32
-
-    def __getitem__(self, channels: Sequence[int]) -> np.ndarray:
-        return self.maps[[self.channels[c] for c in channels]]
-
-
-def keep(fmap: np.ndarray, work: FeaturesWork) -> Kept:
-    """Summarize a map for drawing: statistics, and the channels chosen for the layer's
-    picture and the overview (non-finite values made finite first, as drawing needs)."""
-    finite = bool(np.isfinite(fmap).all())
-    if not finite:  # overflowing weights: draw what is finite, and say so
-        fmap = _finite(fmap)
-    style, c = work.style, fmap.shape[0]
-    with np.errstate(over="ignore", invalid="ignore"):
-        means = drawing.channel_means(fmap)  # once, for the picture, overview, record
-        rows, cols = drawing.grid_shape(style.grid, c)
-        chosen = set(drawing.select_channels(fmap, rows * cols, style.select, means))
-        if work.overview:
-            chosen.update(drawing.select_channels(fmap, pictures.OVERVIEW_MAPS, "top", means))
-        top = float(fmap.max())
-    order = sorted(chosen)
-    maps = fmap if len(order) == c else fmap[order]
-    return Kept(
-        (c, fmap.shape[1], fmap.shape[2]),
-        means,
-        finite,
-        top,
-        float(np.count_nonzero(fmap == 0) / fmap.size),
-        {channel: row for row, channel in enumerate(order)},
-        maps,
-    )
+def keep(fmap: np.ndarray, work: FeaturesWork) -> pictures.Kept:
+    """What drawing needs of ``fmap`` with ``work``'s style (:func:`pictures.keep`)."""
+    return pictures.keep(fmap, work.style, work.overview)
 
 
 def _chw(tensor: torch.Tensor) -> np.ndarray:
@@ -232,14 +224,8 @@ def _chw(tensor: torch.Tensor) -> np.ndarray:
     return np.moveaxis(tensor.permute(0, 2, 3, 1).numpy(), -1, 1)
 
 
-def _finite(fmap: np.ndarray) -> np.ndarray:
-    finite = fmap[np.isfinite(fmap)]
-    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
-    return np.nan_to_num(fmap, nan=0.0, posinf=hi, neginf=lo)
-
-
 def _layer_stats(
-    layer: ConvLayer, kept: Kept, channels: list[int], path: str
+    layer: ConvLayer, kept: pictures.Kept, channels: list[int], path: str
 ) -> folders.LayerStats:
     finite = kept.finite
     return {

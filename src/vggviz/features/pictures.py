@@ -256,6 +256,104 @@ def overview_picture(
     )
 
 
+# --- what a layer's pictures need of its map, and drawing them anywhere ------------------------
+
+
+@dataclass(frozen=True)
+class Kept:
+    """What drawing and the record need of one image's (C, H, W) map: its statistics and
+    the channels any picture may draw. Indexing it by channel numbers gives those channels'
+    maps, as indexing the whole map would, so the pictures cannot differ. Small enough to
+    send to a drawing process (16 of conv1's 64 channels)."""
+
+    shape: tuple[int, int, int]
+    means: np.ndarray  # (C,) every channel's mean
+    finite: bool
+    max: float
+    zero_fraction: float
+    channels: dict[int, int]  # channel -> its row in maps
+    maps: np.ndarray  # (k, H, W) float32
+
+    def __getitem__(self, channels: Sequence[int]) -> np.ndarray:
+        return self.maps[[self.channels[c] for c in channels]]
+
+
+def keep(fmap: np.ndarray, style: Style, overview: bool) -> Kept:
+    """Summarize a map for drawing: statistics, and the channels chosen for the layer's
+    picture and the overview (non-finite values made finite first, as drawing needs)."""
+    finite = bool(np.isfinite(fmap).all())
+    if not finite:  # overflowing weights: draw what is finite, and say so
+        fmap = finite_map(fmap)
+    c = fmap.shape[0]
+    with np.errstate(over="ignore", invalid="ignore"):
+        means = drawing.channel_means(fmap)  # once, for the picture, overview, record
+        rows, cols = drawing.grid_shape(style.grid, c)
+        chosen = set(drawing.select_channels(fmap, rows * cols, style.select, means))
+        if overview:
+            chosen.update(drawing.select_channels(fmap, OVERVIEW_MAPS, "top", means))
+        top = float(fmap.max())
+    order = sorted(chosen)
+    maps = fmap if len(order) == c else fmap[order]
+    return Kept(
+        (c, fmap.shape[1], fmap.shape[2]),
+        means,
+        finite,
+        top,
+        float(np.count_nonzero(fmap == 0) / fmap.size),
+        {channel: row for row, channel in enumerate(order)},
+        maps,
+    )
+
+
+def finite_map(fmap: np.ndarray) -> np.ndarray:
+    """Infinities as the largest and smallest finite values, NaN as 0."""
+    finite = fmap[np.isfinite(fmap)]
+    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+    return np.nan_to_num(fmap, nan=0.0, posinf=hi, neginf=lo)
+
+
+@dataclass(frozen=True)
+class DrawnLayer:
+    picture: Image.Image | bytes  # the PNG's bytes when drawn in another process
+    channels: list[int]
+    overview: tuple[np.ndarray, list[int]] | None  # its overview tiles and their channels
+
+
+def draw_layer(
+    kept: Kept,
+    alias: str,
+    module: str,
+    caption: Caption,
+    style: Style,
+    photo: np.ndarray | None,
+    overview: bool,
+    encode: bool = False,
+) -> DrawnLayer:
+    """A layer's picture and overview tiles from what :func:`keep` kept; ``encode``: as PNG
+    bytes (in a drawing process, so that only bytes travel back)."""
+    # near float32's limit, means and spans overflow again: the picture is still right
+    with np.errstate(over="ignore", invalid="ignore"):
+        image, channels = layer_picture(
+            kept,  # type: ignore[arg-type]  (what layer_picture reads of a map)
+            alias=alias, module=module, caption=caption, style=style, photo=photo,
+            means=kept.means,
+        )  # fmt: skip
+        tiles = overview_tiles(kept, style, means=kept.means) if overview else None  # type: ignore[arg-type]
+    return DrawnLayer(files.png_bytes(image) if encode else image, channels, tiles)
+
+
+def draw_overview(
+    rows: Sequence[OverviewRow],
+    photo: np.ndarray,
+    caption: Caption,
+    style: Style,
+    encode: bool = False,
+) -> Image.Image | bytes:
+    """:func:`overview_picture`; ``encode``: as PNG bytes (in a drawing process)."""
+    image = overview_picture(rows, photo, caption, style)
+    return files.png_bytes(image) if encode else image
+
+
 def draw_filters(
     loaded: LoadedModel,
     layer: ConvLayer,
