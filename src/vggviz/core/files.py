@@ -104,6 +104,11 @@ def locks_supported() -> bool:
     return not _unguarded
 
 
+def another_run(pid: int | None) -> str:
+    """How messages name the run that holds a lock: by its pid when it wrote one."""
+    return f"another vggviz run (pid {pid})" if pid else "another vggviz run"
+
+
 def hold(lock: Path) -> int:
     """An open descriptor of ``lock`` (created if needed, never through a symlink) that holds
     its flock, with our pid written in it. Raises :class:`Held` when another live process
@@ -123,8 +128,7 @@ def hold(lock: Path) -> int:
                 time.sleep(0.005)
                 pid = _read_pid(fd)
             os.close(fd)
-            holder = f" (pid {pid})" if pid else ""
-            raise Held(f"another vggviz run{holder} is writing it", pid)
+            raise Held(f"{another_run(pid)} is writing it", pid)
         try:
             same = os.fstat(fd).st_ino == os.stat(lock, follow_symlinks=False).st_ino
         except FileNotFoundError:

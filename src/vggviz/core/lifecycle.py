@@ -342,7 +342,7 @@ def claim_outputs(out_dir: Path, name: str, what: str) -> OutputClaim:
     try:
         return OutputClaim(lock, files.hold(lock))
     except files.Held as held:
-        who = f"another vggviz run (pid {held.pid})" if held.pid else "another vggviz run"
+        who = files.another_run(held.pid)
         raise OutputError(
             f"{display(str(out_dir))}: {who} is writing {what} here; wait for it to end or "
             "choose another output folder"

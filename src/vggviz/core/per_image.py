@@ -96,7 +96,7 @@ DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 NOTHING: Mapping[str, Any] = MappingProxyType({})
 
 Figure = tuple[str, Path]  # a run-wide picture for the index: (caption, path)
-Writer = Callable[[Image.Image, Path], Path]  # files.save_png, files.save_jpeg
+Writer = Callable[[Any, Path], Path]  # files.save_png, files.save_jpeg, files.save_bytes
 
 
 @dataclass
@@ -146,8 +146,11 @@ class ImageOutput:
 
     # --- for the job's drawing methods ----------------------------------------------------
 
-    def save(self, image: Image.Image, path: Path, writer: Writer | None = None) -> Path:
-        """Write ``image`` at ``path`` on an encoder thread (``files.save_png`` by default)."""
+    def save(self, image: Image.Image | bytes, path: Path, writer: Writer | None = None) -> Path:
+        """Write ``image`` at ``path`` on an encoder thread (``files.save_png`` by default), or
+        the bytes of a file encoded elsewhere (a drawing process's PNG) as they are."""
+        if isinstance(image, bytes):
+            writer = files.save_bytes
         future = self.encoder.submit(writer or files.save_png, image, path)
         self.outputs.append(path)  # listed once it is on its way, never before
         self.encoding.append(future)
@@ -686,7 +689,7 @@ def run_images(
     try:
         held = folders.claim_run(out_dir, shard, work.fingerprint)
     except folders.OtherOptions as other:
-        who = f"another vggviz run (pid {other.pid})" if other.pid else "another vggviz run"
+        who = files.another_run(other.pid)
         raise OutputError(
             f"{display(str(out_dir))}: {who} is writing here with other options; wait for it "
             "to end, give the same options, or choose another output folder"

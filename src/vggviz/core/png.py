@@ -47,9 +47,9 @@ def encode(image: Image.Image) -> bytes:
     parts = [SIGNATURE, _chunk(b"IHDR", header)]
     if image.mode == "P":
         palette = image.getpalette("RGB") or []
-        used = int(pixels.max(initial=0)) + 1 if pixels.size else 1
-        entries = max(used, len(palette) // 3)  # every index drawn has a colour
-        palette = (palette + [0, 0, 0] * entries)[: 3 * min(entries, 256)]
+        if len(palette) < 3 * 256:  # every index drawn must have a colour
+            entries = max(int(pixels.max(initial=0)) + 1, len(palette) // 3)
+            palette = (palette + [0, 0, 0] * entries)[: 3 * entries]
         parts.append(_chunk(b"PLTE", bytes(palette)))
     parts.append(_chunk(b"IDAT", deflate.compress(rows, LEVEL)))
     parts.append(_chunk(b"IEND", b""))

@@ -13,13 +13,11 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from pathlib import Path
 from types import MappingProxyType
 from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import torch
-from PIL import Image
 
 from vggviz.core import files, memory, per_image, values
 from vggviz.core.inputs import InputItem
@@ -72,7 +70,7 @@ class FeatureOutput(ImageOutput):
                 kept, layer.alias, layer.name, self.caption, work.style, self.photo, work.overview,
             )  # fmt: skip
             path = self.folder / folders.picture_name(layer.index, layer.alias)
-            self._save(drawn.picture, path)
+            self.save(drawn.picture, path)
             if self.raw:
                 assert isinstance(maps, np.ndarray)
                 self.raw.add(layer.alias, maps)
@@ -85,16 +83,13 @@ class FeatureOutput(ImageOutput):
         except OSError as err:
             self.failed(err)
 
-    def _save(self, picture: Image.Image | bytes, path: Path) -> None:
-        self.save(picture, path, files.save_bytes if isinstance(picture, bytes) else None)  # type: ignore[arg-type]
-
     def complete(self) -> None:
         work = self.work
         if work.overview and self.rows:
             picture = work.drawn(
                 pictures.draw_overview, self.rows, self.photo, self.caption, work.style
             )
-            self._save(picture, self.folder / folders.OVERVIEW)
+            self.save(picture, self.folder / folders.OVERVIEW)
         if self.raw:
             self.outputs.append(self.raw.close())
             self.raw = None
